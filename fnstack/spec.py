@@ -1,0 +1,147 @@
+"""The provider contract: what a provider is and how it registers.
+
+A provider is one module exposing ``spec = ProviderSpec(...)``. It registers under the
+``fnstack.providers`` entry-point group, named by its provider type::
+
+    [project.entry-points."fnstack.providers"]
+    "remote::openai" = "providers.inference.openai_compat:spec"
+
+Built-in providers register exactly this way, so the third-party path is always the
+one exercised. Only the providers a run config names are imported, and only when the
+app starts: a provider module must keep heavy imports (torch, onnxruntime, boto3)
+inside its factory or implementation, never at module top level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from functools import cache
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from fnstack.storage import Stores
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Api",
+    "Provider",
+    "ProviderContext",
+    "ProviderModel",
+    "ProviderSpec",
+    "available_specs",
+    "load_spec",
+]
+
+ENTRY_POINT_GROUP = "fnstack.providers"
+
+
+class Api(StrEnum):
+    """The API groups. Those with providers are configured under ``providers:``."""
+
+    inference = "inference"
+    models = "models"
+    providers = "providers"
+    inspect = "inspect"
+    files = "files"
+    vector_io = "vector_io"
+    responses = "responses"
+    conversations = "conversations"
+    safety = "safety"
+    batches = "batches"
+    tool_runtime = "tool_runtime"
+    prompts = "prompts"
+    datasets = "datasets"
+    scoring = "scoring"
+    eval = "eval"
+    post_training = "post_training"
+
+
+# APIs served by the core itself, with no provider behind them.
+CORE_APIS = frozenset({Api.models, Api.providers, Api.inspect})
+
+
+class ProviderModel(BaseModel):
+    """A model a provider says it serves (reported into the routing table)."""
+
+    provider_resource_id: str
+    model_type: Literal["llm", "embedding"] = "llm"
+    metadata: dict[str, Any] = {}
+
+
+@dataclass(frozen=True)
+class ProviderContext:
+    """What a provider factory gets besides its own config."""
+
+    provider_id: str
+    cache_dir: Path
+    stores: Stores | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """What every provider instance offers, whatever its API."""
+
+    async def list_models(self) -> list[ProviderModel]:
+        """The models this provider serves now; [] when it serves none or cannot tell."""
+        ...
+
+    async def shutdown(self) -> None:
+        """Release clients, threads and memory. Called once when the app stops."""
+        ...
+
+
+ProviderFactory = Callable[[Any, ProviderContext], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class ProviderSpec:
+    """One provider type: its API, its config model and how to build it."""
+
+    api: Api
+    provider_type: str  # "inline::reference", "remote::openai"
+    config_class: type[BaseModel]
+    factory: ProviderFactory
+    description: str = ""
+    # Extras of the fnstack distribution this provider needs (e.g. "models", "aws").
+    extras: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        kind, _, name = self.provider_type.partition("::")
+        if kind not in ("inline", "remote") or not name:
+            raise ValueError(
+                f"provider_type must be 'inline::NAME' or 'remote::NAME', got {self.provider_type!r}"
+            )
+
+
+@cache
+def _entry_points() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def load_spec(provider_type: str) -> ProviderSpec:
+    """Import the one provider module registered as ``provider_type``."""
+    eps = _entry_points()
+    if provider_type not in eps:
+        known = ", ".join(sorted(eps)) or "none (is fnstack installed? run `pip install -e .`)"
+        raise LookupError(f"no provider registered as {provider_type!r}; known: {known}")
+    spec = eps[provider_type].load()
+    if not isinstance(spec, ProviderSpec):
+        raise TypeError(f"entry point {provider_type!r} does not point to a ProviderSpec")
+    if spec.provider_type != provider_type:
+        raise TypeError(
+            f"entry point {provider_type!r} points to a spec for {spec.provider_type!r}"
+        )
+    return spec
+
+
+def available_specs(api: Api | None = None) -> list[ProviderSpec]:
+    """Every registered provider (imports each module: for the CLI, not the request path)."""
+    specs = [load_spec(name) for name in sorted(_entry_points())]
+    return [s for s in specs if api is None or s.api == api]

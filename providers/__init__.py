@@ -1,0 +1,1 @@
+"""Built-in providers: one flat module per provider, grouped by API."""
