@@ -148,6 +148,7 @@ class ConfigError(Exception):
     """
 
     def __init__(self, message: str, *, path: str | None = None, source: str | None = None):
+        self.detail = message
         self.path = path
         self.source = source
         where = f" at {path}" if path else ""

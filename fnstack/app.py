@@ -1,0 +1,321 @@
+"""The app factory: the whole server, or one API group for one Lambda function.
+
+Errors are translated here, at the HTTP boundary, into OpenAI's shape. Middleware is
+pure ASGI (no BaseHTTPMiddleware) so streaming responses pass through untouched.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from fnstack import __version__
+from fnstack.config import RunConfig
+from fnstack.errors import FnstackError, InternalError, InvalidRequestError, PayloadTooLargeError
+from fnstack.logs import configure_logging, new_request_id, request_id_var
+from fnstack.spec import Api
+from fnstack.stack import Stack
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("fnstack.app")
+
+REQUEST_ID_HEADER = "x-request-id"
+
+# Which router module serves which API group; imported only when the group is served.
+ROUTERS: dict[Api, str] = {
+    Api.models: "fnstack.routes.models",
+    Api.providers: "fnstack.routes.admin",
+    Api.inspect: "fnstack.routes.admin",
+    Api.inference: "fnstack.routes.inference",
+}
+
+
+def create_app(
+    config: RunConfig,
+    apis: Iterable[Api | str] | None = None,
+    *,
+    stack: Stack | None = None,
+    lifespan: bool = True,
+    warmup: bool = False,
+) -> FastAPI:
+    """Build the ASGI app serving ``apis`` (default: all that the config enables).
+
+    ``lifespan=False`` is for Lambda (Mangum would run it on every invocation): the
+    stack then starts on the first request instead.
+    """
+    configure_logging(config.logging.level)
+    served = _served_apis(config, apis)
+    stack = stack or Stack(config)
+
+    @asynccontextmanager
+    async def run(app: FastAPI) -> AsyncIterator[None]:
+        await stack.start(warmup=warmup)
+        try:
+            yield
+        finally:
+            await stack.shutdown()
+
+    app = FastAPI(
+        title="fnstack",
+        version=__version__,
+        lifespan=run if lifespan else None,
+        docs_url="/docs",
+        openapi_url="/openapi.json",
+    )
+    app.state.stack = stack
+    app.state.apis = served
+
+    _install_error_handlers(app)
+    from fnstack.routes import admin
+
+    app.include_router(admin.health_router)
+    modules: list[str] = []
+    for api in served:
+        module = ROUTERS.get(api)
+        if module and module not in modules:
+            modules.append(module)
+    for module in modules:
+        app.include_router(importlib.import_module(module).router)
+
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.server.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+def _served_apis(config: RunConfig, apis: Iterable[Api | str] | None) -> list[Api]:
+    if apis is not None:
+        return [Api(a) for a in apis]
+    if config.apis is not None:
+        return list(config.apis)
+    served = [Api.models, Api.providers, Api.inspect]
+    served += [api for api in config.providers if api not in served]
+    return served
+
+
+# --- errors -----------------------------------------------------------------------------
+
+
+def _error_response(exc: FnstackError) -> JSONResponse:
+    headers = dict(exc.headers)
+    rid = request_id_var.get()
+    if rid:
+        headers[REQUEST_ID_HEADER] = rid
+    return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
+
+
+def _param(loc: Iterable[Any]) -> str | None:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
+    return out or None
+
+
+def validation_error(exc: RequestValidationError) -> InvalidRequestError:
+    errors = exc.errors()
+    first = errors[0] if errors else {"msg": "invalid request", "loc": ()}
+    if first.get("type") == "json_invalid":
+        return InvalidRequestError(
+            "the request body is not valid JSON: "
+            f"{first.get('ctx', {}).get('error', first['msg'])}",
+            code="invalid_json",
+        )
+    param = _param(first.get("loc", ()))
+    msg = first["msg"]
+    if first.get("type") == "missing":
+        msg = f"missing required parameter: {param!r}"
+    elif param:
+        msg = f"invalid value for {param!r}: {msg}"
+    more = len(errors) - 1
+    if more > 0:
+        msg += f" (and {more} more error{'s' if more > 1 else ''})"
+    return InvalidRequestError(msg, param=param, code="invalid_value")
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def on_fnstack(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, FnstackError)
+        if exc.status >= 500:
+            log.error("request failed", extra={"status": exc.status}, exc_info=exc)
+        return _error_response(exc)
+
+    async def on_validation(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return _error_response(validation_error(exc))
+
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 404:
+            err: FnstackError = _Generic(
+                404, f"no route for {request.method} {request.url.path}; "
+                "see GET /v1/inspect/routes", "not_found"
+            )
+        elif exc.status_code == 405:
+            err = _Generic(405, f"method {request.method} not allowed on {request.url.path}",
+                           "method_not_allowed")
+        else:
+            err = _Generic(exc.status_code, str(exc.detail), None)
+        return _error_response(err)
+
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        rid = request_id_var.get()
+        log.error("unhandled error", exc_info=exc)
+        return _error_response(
+            InternalError(f"internal error; quote request id {rid} when reporting it")
+        )
+
+    app.add_exception_handler(FnstackError, on_fnstack)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(Exception, on_unexpected)
+
+
+class _Generic(FnstackError):
+    type = "invalid_request_error"
+
+    def __init__(self, status: int, message: str, code: str | None) -> None:
+        super().__init__(message, code=code)
+        self._status = status
+
+    @property  # type: ignore[override]
+    def status(self) -> int:  # noqa: D102
+        return self._status
+
+
+# --- middleware -------------------------------------------------------------------------
+
+
+class RequestIdMiddleware:
+    """Gives every request an id (kept from ``x-request-id`` when sane) and logs it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope.get("headers") or []).get(REQUEST_ID_HEADER.encode(), b"").decode(
+            "latin-1"
+        )
+        rid = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else new_request_id()
+        token = request_id_var.set(rid)
+        start = time.perf_counter()
+        status = 0
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [(k, v) for k, v in message.get("headers", [])
+                           if k.lower() != REQUEST_ID_HEADER.encode()]
+                headers.append((REQUEST_ID_HEADER.encode(), rid.encode()))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            log.info(
+                "request",
+                extra={
+                    "method": scope.get("method"),
+                    "path": scope.get("path"),
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - start) * 1000, 2),
+                },
+            )
+            request_id_var.reset(token)
+
+
+class BodyLimitMiddleware:
+    """413 for bodies over the limit, by Content-Length or by counting a chunked body."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await self._reject(send)
+            return
+        seen = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await self._reject(send)
+
+    async def _reject(self, send: Send) -> None:
+        err = PayloadTooLargeError(
+            f"request body exceeds the limit of {self.max_bytes} bytes "
+            "(server.max_body_bytes); upload large files through the files API"
+        )
+        response = _error_response(err)
+        await response({"type": "http"}, _empty_receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _empty_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def _walk(routes: Iterable[Any]) -> Iterable[Any]:
+    for r in routes:
+        # FastAPI keeps included routers as wrappers (no prefixes are used here).
+        inner = getattr(r, "original_router", None)
+        if inner is not None:
+            yield from _walk(inner.routes)
+        else:
+            yield r
+
+
+def route_table(app: FastAPI) -> list[dict[str, Any]]:
+    """Every route as {route, method, api} for /v1/inspect/routes."""
+    out = []
+    for r in _walk(app.routes):
+        path = getattr(r, "path", None)
+        methods = getattr(r, "methods", None)
+        if not path or not methods or not path.startswith("/v1"):
+            continue
+        tags = getattr(r, "tags", None) or ["core"]
+        for m in sorted(methods):
+            if m != "HEAD":
+                out.append({"route": path, "method": m, "api": tags[0]})
+    return out

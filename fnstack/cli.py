@@ -1,0 +1,130 @@
+"""The ``fnstack`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from fnstack import __version__
+from fnstack.errors import ConfigError
+from fnstack.spec import Api
+
+__all__ = ["main"]
+
+
+def _fail(exc: Exception) -> None:
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(2)
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:  # rich is in the `server` extra; fall back to plain text
+        for row in rows:
+            click.echo("  ".join(str(row.get(c, "")) for c in columns))
+        return
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*(str(row.get(c, "")) for c in columns))
+    Console().print(table)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="fnstack")
+def main() -> None:
+    """fnstack: OpenAI-compatible APIs served by pluggable providers, serverless or local."""
+
+
+@main.command()
+@click.argument("config", default="local")
+@click.option("--port", type=int, default=None, help="Port (default: server.port, 8321).")
+@click.option("--host", default=None, help="Interface (default: server.host, 127.0.0.1).")
+@click.option("--no-warmup", is_flag=True, help="Load models on first use instead of at start.")
+def run(config: str, port: int | None, host: str | None, no_warmup: bool) -> None:
+    """Serve every API from one process. CONFIG: a distribution name or a YAML file."""
+    from fnstack.config import load_config
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        _fail(exc)
+        return
+    try:
+        import uvicorn
+    except ImportError:
+        _fail(RuntimeError("the server needs uvicorn: pip install 'fnstack[server]'"))
+        return
+    from fnstack.app import create_app
+
+    app = create_app(cfg, warmup=not no_warmup)
+    uvicorn.run(
+        app,
+        host=host or cfg.server.host,
+        port=port or cfg.server.port,
+        log_level="warning",
+        timeout_graceful_shutdown=30,
+    )
+
+
+@main.command("list-apis")
+def list_apis() -> None:
+    """The API groups fnstack serves."""
+    from fnstack.spec import CORE_APIS
+
+    _table(
+        [{"api": a.value, "served by": "fnstack" if a in CORE_APIS else "providers"} for a in Api],
+        ["api", "served by"],
+    )
+
+
+@main.command("list-providers")
+@click.argument("api", required=False)
+def list_providers(api: str | None) -> None:
+    """Registered provider types, optionally for one API."""
+    from fnstack.spec import available_specs
+
+    try:
+        which = Api(api) if api else None
+    except ValueError:
+        _fail(ValueError(f"unknown API {api!r}; see `fnstack list-apis`"))
+        return
+    rows = [
+        {"api": s.api.value, "provider_type": s.provider_type, "description": s.description}
+        for s in available_specs(which)
+    ]
+    _table(rows, ["api", "provider_type", "description"])
+
+
+@main.command("list-distributions")
+def list_distributions() -> None:
+    """The bundled run configs."""
+    from fnstack.config import available_distributions, resolve_config_path
+
+    rows = []
+    for name in available_distributions():
+        first = resolve_config_path(name).read_text().splitlines()[0].lstrip("# ")
+        rows.append({"distribution": name, "description": first})
+    _table(rows, ["distribution", "description"])
+
+
+@main.command("check-config")
+@click.argument("config", default="local")
+def check_config(config: str) -> None:
+    """Validate a run config and print it resolved."""
+    from fnstack.config import load_config
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        _fail(exc)
+        return
+    click.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""HTTP routes: thin routers that parse, call the API implementation and serialize."""

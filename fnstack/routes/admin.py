@@ -1,0 +1,77 @@
+"""Health, version, route inspection and providers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from fnstack import __version__
+from fnstack.errors import NotFoundError
+from fnstack.stack import Stack
+
+health_router = APIRouter(tags=["core"])
+router = APIRouter(tags=["providers"])
+
+_SECRET_WORDS = ("key", "secret", "token", "password", "credential")
+
+
+def _stack(request: Request) -> Stack:
+    stack: Stack = request.app.state.stack
+    return stack
+
+
+@health_router.get("/v1/health")
+async def health() -> dict[str, str]:
+    return {"status": "OK"}
+
+
+@health_router.get("/v1/version")
+async def version() -> dict[str, str]:
+    return {"version": __version__}
+
+
+@router.get("/v1/inspect/routes", tags=["inspect"])
+async def routes(request: Request) -> dict[str, Any]:
+    from fnstack.app import route_table
+
+    return {"data": route_table(request.app)}
+
+
+def _redact(value: Any, key: str = "") -> Any:
+    if isinstance(value, dict):
+        return {k: _redact(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v, key) for v in value]
+    if value and any(w in key.lower() for w in _SECRET_WORDS):
+        return "********"
+    return value
+
+
+def _info(stack: Stack, provider_id: str) -> dict[str, Any]:
+    handle = stack.providers[provider_id]
+    return {
+        "api": handle.api.value,
+        "provider_id": provider_id,
+        "provider_type": handle.spec.provider_type,
+        "config": _redact(handle.config.config),
+        "description": handle.spec.description,
+    }
+
+
+@router.get("/v1/providers")
+async def list_providers(request: Request) -> dict[str, Any]:
+    stack = _stack(request)
+    return {"object": "list", "data": [_info(stack, pid) for pid in stack.providers]}
+
+
+@router.get("/v1/providers/{provider_id}")
+async def get_provider(provider_id: str, request: Request) -> dict[str, Any]:
+    stack = _stack(request)
+    if provider_id not in stack.providers:
+        raise NotFoundError(
+            f"provider {provider_id!r} not found; configured: "
+            f"{', '.join(stack.providers) or 'none'} (GET /v1/providers)",
+            param="provider_id",
+        )
+    return _info(stack, provider_id)

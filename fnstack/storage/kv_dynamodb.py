@@ -1,0 +1,346 @@
+"""kv on DynamoDB: one table shared by every namespace.
+
+Item layout (template.yaml defines exactly these keys and the index)::
+
+    pk      S  namespace                          table partition key
+    sk      S  record key                         table sort key
+    v       S  value, JSON
+    ver     N  version
+    own     S  owner principal
+    ownj    S  owner, JSON
+    exp     N  expiry, epoch seconds (float)      only with a TTL; decides liveness
+    ttl     N  ceil(exp)                          only with a TTL; DynamoDB's TTL attribute
+    gsi1pk  S  f"{namespace}#{principal}"         GSI `by_owner` (projection ALL),
+    gsi1sk  S  record key                         for owner-filtered listings
+
+DynamoDB's TTL sweeper deletes days late, so ``exp`` alone decides whether a record is
+live: the base filters every read and the write conditions treat an expired item as
+absent. Every conditional write is one request, so DynamoDB makes it atomic::
+
+    put(if_absent)        PutItem IF attribute_not_exists(pk) OR exp <= :now
+                            no item ...................... written
+                            item, expired ................ written  (no exp: compare is false)
+                            item, live ................... ConditionalCheckFailed -> False
+    put(if_version=N)     PutItem IF ver = :v AND (attribute_not_exists(exp) OR exp > :now)
+    delete(if_version=N)  DeleteItem IF (the same)
+    delete()              DeleteItem RETURN ALL_OLD -> was the old item live?
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
+
+from fnstack.errors import (
+    ConfigError,
+    FnstackError,
+    InternalError,
+    PayloadTooLargeError,
+    RateLimitError,
+    UpstreamError,
+)
+from fnstack.storage.base import Condition, KVStore, Order, RawRecord
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb.client import DynamoDBClient
+    from mypy_boto3_dynamodb.type_defs import (
+        AttributeValueTypeDef,
+        QueryInputTypeDef,
+        UniversalAttributeValueTypeDef,
+    )
+
+    from fnstack.storage import KVDynamoDBConfig
+
+__all__ = ["OWNER_INDEX", "DynamoDBKVStore"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+OWNER_INDEX = "by_owner"
+
+_THROTTLED = frozenset(
+    {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"}
+)
+_LIVE = "(attribute_not_exists(exp) OR exp > :now)"
+
+
+class _ConditionFailed(Exception):
+    """ConditionalCheckFailedException, before the boundary turns errors into fnstack's."""
+
+
+class DynamoDBKVStore(KVStore):
+    def __init__(self, config: KVDynamoDBConfig, namespace: str) -> None:
+        super().__init__(namespace)
+        self.table = config.table
+        try:
+            # A session per store: the default session is not thread-safe, and every
+            # call runs in a worker thread. The client itself is thread-safe.
+            self._client: DynamoDBClient = boto3.session.Session().client(
+                "dynamodb",
+                region_name=config.region,
+                endpoint_url=config.endpoint_url,
+                config=Config(
+                    retries={"mode": "standard", "max_attempts": 3},
+                    connect_timeout=5,
+                    read_timeout=10,
+                ),
+            )
+        except NoRegionError as exc:
+            raise ConfigError(
+                f"no AWS region for DynamoDB table {self.table!r}: set the backend's "
+                "`region` or AWS_REGION",
+                path="storage.backends",
+            ) from exc
+
+    # --- primitives ------------------------------------------------------------------
+
+    async def _get(self, key: str) -> RawRecord | None:
+        resp = await self._call(
+            self._client.get_item, TableName=self.table, Key=self._key(key), ConsistentRead=True
+        )
+        item = resp.get("Item")
+        return self._raw(item) if item else None
+
+    async def _put(self, raw: RawRecord, cond: Condition) -> bool:
+        item = self._item(raw)
+        now: UniversalAttributeValueTypeDef = {"N": _num(cond.now)}
+        try:
+            if cond.kind == "none":
+                await self._call(self._client.put_item, TableName=self.table, Item=item)
+            elif cond.kind == "absent":
+                await self._call(
+                    self._client.put_item,
+                    TableName=self.table,
+                    Item=item,
+                    ConditionExpression="attribute_not_exists(pk) OR exp <= :now",
+                    ExpressionAttributeValues={":now": now},
+                )
+            else:
+                await self._call(
+                    self._client.put_item,
+                    TableName=self.table,
+                    Item=item,
+                    ConditionExpression=f"ver = :v AND {_LIVE}",
+                    ExpressionAttributeValues={":v": {"N": str(cond.version)}, ":now": now},
+                )
+        except _ConditionFailed:
+            return False
+        return True
+
+    async def _delete(self, key: str, cond: Condition) -> bool:
+        if cond.kind == "version":
+            try:
+                await self._call(
+                    self._client.delete_item,
+                    TableName=self.table,
+                    Key=self._key(key),
+                    ConditionExpression=f"ver = :v AND {_LIVE}",
+                    ExpressionAttributeValues={
+                        ":v": {"N": str(cond.version)},
+                        ":now": {"N": _num(cond.now)},
+                    },
+                )
+            except _ConditionFailed:
+                return False
+            return True
+        # Unconditional: delete whatever is there, then tell from the old image whether
+        # a *live* record went away (an expired one was already gone for the caller).
+        resp = await self._call(
+            self._client.delete_item,
+            TableName=self.table,
+            Key=self._key(key),
+            ReturnValues="ALL_OLD",
+        )
+        old = resp.get("Attributes")
+        if not old:
+            return False
+        expires_at = self._raw(old).expires_at
+        return expires_at is None or expires_at > cond.now
+
+    async def _scan(
+        self, prefix: str, start_after: str | None, order: Order, limit: int, owner: str | None
+    ) -> list[RawRecord]:
+        # Owner-filtered listings read the GSI (eventually consistent: GSIs cannot read
+        # strongly); the rest read the table itself, strongly consistent.
+        pk, sk = ("gsi1pk", "gsi1sk") if owner is not None else ("pk", "sk")
+        values: dict[str, UniversalAttributeValueTypeDef] = {
+            ":pk": {"S": f"{self.namespace}#{owner}" if owner is not None else self.namespace}
+        }
+        bounds = _sort_condition(sk, prefix, start_after, order)
+        if bounds is None:
+            return []
+        condition = f"{pk} = :pk"
+        if bounds:
+            expression, bound_values = bounds
+            condition += f" AND {expression}"
+            values.update({name: {"S": value} for name, value in bound_values.items()})
+        params: QueryInputTypeDef = {
+            "TableName": self.table,
+            "KeyConditionExpression": condition,
+            "ExpressionAttributeValues": values,
+            "ScanIndexForward": order == "asc",
+        }
+        if owner is not None:
+            params["IndexName"] = OWNER_INDEX
+        else:
+            params["ConsistentRead"] = True
+
+        def wanted(raw: RawRecord) -> bool:
+            # BETWEEN is inclusive, so the cursor row and the prefix's successor may
+            # come back; and f"{ns}#{owner}" is ambiguous when either contains "#".
+            if not raw.key.startswith(prefix):
+                return False
+            if start_after is not None and not (
+                raw.key > start_after if order == "asc" else raw.key < start_after
+            ):
+                return False
+            return owner is None or raw.owner == owner
+
+        out: list[RawRecord] = []
+        while len(out) < limit:
+            # +1: room for the inclusive bound row that `wanted` drops.
+            params["Limit"] = limit - len(out) + 1
+            resp = await self._call(self._client.query, **params)
+            out.extend(raw for raw in map(self._raw, resp.get("Items", [])) if wanted(raw))
+            last = resp.get("LastEvaluatedKey")
+            if not last:
+                break
+            params["ExclusiveStartKey"] = last
+        return out[:limit]
+
+    async def close(self) -> None:
+        self._client.close()
+
+    # --- items -----------------------------------------------------------------------
+
+    def _key(self, key: str) -> dict[str, UniversalAttributeValueTypeDef]:
+        return {"pk": {"S": self.namespace}, "sk": {"S": key}}
+
+    def _item(self, raw: RawRecord) -> dict[str, UniversalAttributeValueTypeDef]:
+        item: dict[str, UniversalAttributeValueTypeDef] = {
+            **self._key(raw.key),
+            "v": {"S": raw.value},
+            "ver": {"N": str(raw.version)},
+            "own": {"S": raw.owner},
+            "ownj": {"S": raw.owner_json},
+            "gsi1pk": {"S": f"{self.namespace}#{raw.owner}"},
+            "gsi1sk": {"S": raw.key},
+        }
+        if raw.expires_at is not None:
+            item["exp"] = {"N": _num(raw.expires_at)}
+            item["ttl"] = {"N": str(math.ceil(raw.expires_at))}
+        return item
+
+    @staticmethod
+    def _raw(item: dict[str, AttributeValueTypeDef]) -> RawRecord:
+        exp = item.get("exp")
+        return RawRecord(
+            key=item["sk"]["S"],
+            value=item["v"]["S"],
+            version=int(item["ver"]["N"]),
+            owner=item["own"]["S"],
+            owner_json=item["ownj"]["S"],
+            expires_at=float(exp["N"]) if exp else None,
+        )
+
+    # --- the error boundary ------------------------------------------------------------
+
+    async def _call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run one blocking boto3 call in a worker thread, translating its errors."""
+        with self._errors():
+            return await asyncio.to_thread(fn, *args, **kwargs)
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                raise _ConditionFailed from exc
+            raise self._translate(exc) from exc
+        except NoCredentialsError as exc:
+            raise InternalError(
+                f"no AWS credentials to reach DynamoDB table {self.table!r}; configure the "
+                "function's role or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY",
+                code="aws_no_credentials",
+            ) from exc
+        except BotoCoreError as exc:  # connection refused, timeouts, bad endpoint
+            raise UpstreamError(
+                f"cannot reach DynamoDB for table {self.table!r}: {exc}", code="aws_unreachable"
+            ) from exc
+
+    def _translate(self, exc: ClientError) -> FnstackError:
+        error = exc.response.get("Error", {})
+        code = error.get("Code", "Unknown")
+        message = error.get("Message", "")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        what = f"DynamoDB {exc.operation_name} on table {self.table!r}"
+        if code in _THROTTLED:
+            return RateLimitError(f"{what} was throttled ({code}); retry shortly")
+        if code == "ResourceNotFoundException":
+            return InternalError(
+                f"DynamoDB table {self.table!r} does not exist (or has no index "
+                f"{OWNER_INDEX!r}) in {self._client.meta.region_name}; deploy the stack or fix "
+                "the table name in storage.backends",
+                code="table_not_found",
+            )
+        if code == "ValidationException" and "item size" in message.lower():
+            return PayloadTooLargeError(
+                f"record too large for {what}: DynamoDB items hold at most 400 KB"
+            )
+        if status >= 500:
+            return UpstreamError(f"{what} failed: {code}: {message}", code=code)
+        return InternalError(f"{what} failed: {code}: {message}", code=code)
+
+
+def _num(value: float) -> str:
+    # repr is the shortest string that round-trips the float; DynamoDB keeps 38 digits.
+    return repr(value)
+
+
+def _sort_condition(
+    sk: str, prefix: str, start_after: str | None, order: Order
+) -> tuple[str, dict[str, str]] | tuple[()] | None:
+    """The sort-key condition for ``prefix`` and a cursor: () for none, None when empty.
+
+    A key condition allows one test on the sort key, so prefix + cursor becomes one
+    inclusive ``BETWEEN`` over ``[prefix, successor(prefix)]`` narrowed by the cursor;
+    the caller drops the bound rows that do not belong.
+    """
+    if start_after is None:
+        return (f"begins_with({sk}, :prefix)", {":prefix": prefix}) if prefix else ()
+    beyond = f"{sk} > :after" if order == "asc" else f"{sk} < :after"
+    if not prefix:
+        return beyond, {":after": start_after}
+    hi = _successor(prefix)
+    if hi is None:  # a prefix of only U+10FFFF: no upper bound, filter instead
+        return beyond, {":after": start_after}
+    lo = prefix
+    if order == "asc":
+        lo = max(lo, start_after)
+    else:
+        hi = min(hi, start_after)
+    if lo > hi:  # DynamoDB rejects an inverted BETWEEN; the range is empty anyway
+        return None
+    return f"{sk} BETWEEN :lo AND :hi", {":lo": lo, ":hi": hi}
+
+
+def _successor(prefix: str) -> str | None:
+    """The least string greater than every string that starts with ``prefix``.
+
+    Code point order is UTF-8 byte order, the order DynamoDB sorts strings in.
+    """
+    chars = list(prefix)
+    while chars:
+        point = ord(chars.pop()) + 1
+        if point <= 0x10FFFF:
+            # Surrogates cannot be encoded in UTF-8; the next storable point follows them.
+            return "".join(chars) + chr(0xE000 if point == 0xD800 else point)
+    return None

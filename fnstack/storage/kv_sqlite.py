@@ -1,0 +1,162 @@
+"""kv on SQLite: the embedded default. One file, WAL mode, safe across processes."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+from fnstack.storage.base import Condition, KVStore, Order, RawRecord
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (
+    namespace  TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    version    INTEGER NOT NULL,
+    owner      TEXT NOT NULL,
+    owner_json TEXT NOT NULL,
+    expires_at REAL,
+    PRIMARY KEY (namespace, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS kv_owner ON kv (namespace, owner, key);
+"""
+
+_COLUMNS = "key, value, version, owner, owner_json, expires_at"
+
+
+class SqliteDatabase:
+    """One connection per database file, shared by every namespace on it.
+
+    sqlite3 calls block, so they run in a worker thread; a lock serialises them on the
+    one connection (SQLite serialises writers anyway), and ``busy_timeout`` lets other
+    processes' writers wait instead of failing.
+    """
+
+    _instances: dict[str, SqliteDatabase] = {}
+    _instances_lock = threading.Lock()
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(
+            str(path), check_same_thread=False, isolation_level=None, timeout=30.0
+        )
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA busy_timeout=30000")
+        self._conn.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+        self.refs = 0
+
+    @classmethod
+    def open(cls, path: Path) -> SqliteDatabase:
+        key = str(path.resolve())
+        with cls._instances_lock:
+            db = cls._instances.get(key)
+            if db is None:
+                db = cls._instances[key] = cls(path)
+            db.refs += 1
+            return db
+
+    def release(self) -> None:
+        with self._instances_lock:
+            self.refs -= 1
+            if self.refs <= 0:
+                self._instances.pop(str(self.path.resolve()), None)
+                self._conn.close()
+
+    def _run(self, sql: str, params: tuple[Any, ...]) -> tuple[list[tuple[Any, ...]], int]:
+        with self._lock:
+            cur = self._conn.execute(sql, params)
+            return cur.fetchall(), cur.rowcount
+
+    async def run(
+        self, sql: str, params: tuple[Any, ...] = ()
+    ) -> tuple[list[tuple[Any, ...]], int]:
+        return await asyncio.to_thread(self._run, sql, params)
+
+
+class SqliteKVStore(KVStore):
+    def __init__(self, db_path: Path, namespace: str) -> None:
+        super().__init__(namespace)
+        self._db = SqliteDatabase.open(db_path)
+
+    async def _get(self, key: str) -> RawRecord | None:
+        rows, _ = await self._db.run(
+            f"SELECT {_COLUMNS} FROM kv WHERE namespace=? AND key=?", (self.namespace, key)
+        )
+        return RawRecord(*rows[0]) if rows else None
+
+    async def _put(self, raw: RawRecord, cond: Condition) -> bool:
+        values = (
+            self.namespace, raw.key, raw.value, raw.version, raw.owner, raw.owner_json,
+            raw.expires_at,
+        )
+        insert = (
+            "INSERT INTO kv (namespace, key, value, version, owner, owner_json, expires_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (namespace, key) DO UPDATE SET "
+            "value=excluded.value, version=excluded.version, owner=excluded.owner, "
+            "owner_json=excluded.owner_json, expires_at=excluded.expires_at"
+        )
+        if cond.kind == "none":
+            await self._db.run(insert, values)
+            return True
+        if cond.kind == "absent":
+            # The upsert's WHERE makes "absent or expired" one atomic statement.
+            _, n = await self._db.run(
+                insert + " WHERE kv.expires_at IS NOT NULL AND kv.expires_at <= ?",
+                (*values, cond.now),
+            )
+            return n == 1
+        _, n = await self._db.run(
+            "UPDATE kv SET value=?, version=?, owner=?, owner_json=?, expires_at=? "
+            "WHERE namespace=? AND key=? AND version=? AND (expires_at IS NULL OR expires_at > ?)",
+            (
+                raw.value, raw.version, raw.owner, raw.owner_json, raw.expires_at,
+                self.namespace, raw.key, cond.version, cond.now,
+            ),
+        )
+        return n == 1
+
+    async def _delete(self, key: str, cond: Condition) -> bool:
+        live = "(expires_at IS NULL OR expires_at > ?)"
+        if cond.kind == "version":
+            _, n = await self._db.run(
+                f"DELETE FROM kv WHERE namespace=? AND key=? AND version=? AND {live}",
+                (self.namespace, key, cond.version, cond.now),
+            )
+            return n == 1
+        rows, _ = await self._db.run(
+            f"DELETE FROM kv WHERE namespace=? AND key=? RETURNING {live}",
+            (self.namespace, key, cond.now),
+        )
+        return bool(rows and rows[0][0])
+
+    async def _scan(
+        self, prefix: str, start_after: str | None, order: Order, limit: int, owner: str | None
+    ) -> list[RawRecord]:
+        where = ["namespace=?"]
+        params: list[Any] = [self.namespace]
+        if prefix:
+            # Range instead of LIKE: keys may contain % and _, and the range uses the index.
+            where.append("key >= ? AND key < ?")
+            params += [prefix, prefix + "\U0010ffff"]
+        if start_after is not None:
+            where.append("key > ?" if order == "asc" else "key < ?")
+            params.append(start_after)
+        if owner is not None:
+            where.append("owner = ?")
+            params.append(owner)
+        direction = "ASC" if order == "asc" else "DESC"
+        rows, _ = await self._db.run(
+            f"SELECT {_COLUMNS} FROM kv WHERE {' AND '.join(where)} "
+            f"ORDER BY key {direction} LIMIT ?",
+            (*params, limit),
+        )
+        return [RawRecord(*r) for r in rows]
+
+    async def close(self) -> None:
+        self._db.release()

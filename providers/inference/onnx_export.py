@@ -1,0 +1,280 @@
+"""Build step: turn the sentence-transformers BERT (safetensors) into one ONNX graph.
+
+The serving provider (``providers.inference.onnx_embeddings``) runs only onnxruntime,
+so it fits the Lambda zip layer; torch lives here and nowhere else. The graph takes
+``input_ids`` and ``attention_mask`` (int64, ``[batch, seq]``, both axes dynamic) and
+returns ``sentence_embedding`` (float32, ``[batch, hidden]``): the BERT encoder, mean
+pooling over the attention-masked tokens and L2 normalisation, i.e. exactly what
+sentence-transformers' Transformer -> Pooling(mean) -> Normalize modules compute.
+
+Run it at layer-build time (there is no torch in Lambda)::
+
+    python -m providers.inference.onnx_export --out build/minilm.onnx
+
+Layout of the torch model, and names of its parameters, follow the Hugging Face BERT
+checkpoint so ``model.safetensors`` loads with no renaming::
+
+    embeddings: word[input_ids] + position[0..seq) + token_type[0] -> LayerNorm
+    encoder.layer[i]:  x = LN(x + Wo · MHA(Wq x, Wk x, Wv x))     (post-norm)
+                       x = LN(x + W2 · gelu(W1 x))
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from providers.inference.onnx_embeddings import (
+    DEFAULT_MODEL_ID,
+    bundled_model_dir,
+    default_cache_dir,
+    default_graph_path,
+    read_model_info,
+)
+
+__all__ = ["BertArgs", "SentenceBert", "export_onnx", "load_sentence_bert", "main"]
+
+# ONNX opset 17 has LayerNormalization as one op; onnxruntime fuses the rest (Gelu from
+# its Erf pattern, attention, skip+layernorm) when it optimises the graph.
+OPSET = 17
+
+
+@dataclass(frozen=True)
+class BertArgs:
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    max_position_embeddings: int
+    type_vocab_size: int
+    layer_norm_eps: float
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, object]) -> BertArgs:
+        if cfg.get("hidden_act", "gelu") != "gelu":
+            raise ValueError(f"only BERT with exact gelu is supported, got {cfg['hidden_act']}")
+        if cfg.get("position_embedding_type", "absolute") != "absolute":
+            raise ValueError("only absolute position embeddings are supported")
+        return cls(**{name: cfg[name] for name in cls.__dataclass_fields__})  # type: ignore[arg-type]
+
+
+class Embeddings(nn.Module):
+    def __init__(self, a: BertArgs) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(a.vocab_size, a.hidden_size)
+        self.position_embeddings = nn.Embedding(a.max_position_embeddings, a.hidden_size)
+        self.token_type_embeddings = nn.Embedding(a.type_vocab_size, a.hidden_size)
+        self.LayerNorm = nn.LayerNorm(a.hidden_size, eps=a.layer_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        # input_ids: (b, s) -> (b, s, hidden). Single-segment input only: token type 0
+        # for every token, so the graph needs no token_type_ids input.
+        pos = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.word_embeddings(input_ids) + self.position_embeddings(pos)
+        x = x + self.token_type_embeddings.weight[0]
+        return self.LayerNorm(x)  # type: ignore[no-any-return]
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, a: BertArgs) -> None:
+        super().__init__()
+        self.n_heads = a.num_attention_heads
+        self.head_dim = a.hidden_size // a.num_attention_heads
+        self.query = nn.Linear(a.hidden_size, a.hidden_size)
+        self.key = nn.Linear(a.hidden_size, a.hidden_size)
+        self.value = nn.Linear(a.hidden_size, a.hidden_size)
+
+    def forward(self, x: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
+        b, s, hidden = x.shape
+        # (b, s, hidden) -> (b, heads, s, head_dim)
+        xq = self.query(x).view(b, s, self.n_heads, self.head_dim).transpose(1, 2)
+        xk = self.key(x).view(b, s, self.n_heads, self.head_dim).transpose(1, 2)
+        xv = self.value(x).view(b, s, self.n_heads, self.head_dim).transpose(1, 2)
+        # Written out (not SDPA) so the exported pattern is the textbook one that
+        # onnxruntime's attention fusion recognises. scores: (b, heads, s, s)
+        scores = (xq @ xk.transpose(-1, -2)) / math.sqrt(self.head_dim) + mask_bias
+        ctx = scores.softmax(dim=-1) @ xv
+        return ctx.transpose(1, 2).reshape(b, s, hidden)
+
+
+class SelfOutput(nn.Module):
+    """A dense projection, then a residual add and LayerNorm (BERT is post-norm)."""
+
+    def __init__(self, d_in: int, d_out: int, eps: float) -> None:
+        super().__init__()
+        self.dense = nn.Linear(d_in, d_out)
+        self.LayerNorm = nn.LayerNorm(d_out, eps=eps)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dense(x) + residual)  # type: ignore[no-any-return]
+
+
+class Attention(nn.Module):
+    def __init__(self, a: BertArgs) -> None:
+        super().__init__()
+        self.self = SelfAttention(a)
+        self.output = SelfOutput(a.hidden_size, a.hidden_size, a.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
+        return self.output(self.self(x, mask_bias), x)  # type: ignore[no-any-return]
+
+
+class Intermediate(nn.Module):
+    def __init__(self, a: BertArgs) -> None:
+        super().__init__()
+        self.dense = nn.Linear(a.hidden_size, a.intermediate_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.dense(x))  # exact (erf) gelu, as BERT's "gelu"
+
+
+class Layer(nn.Module):
+    def __init__(self, a: BertArgs) -> None:
+        super().__init__()
+        self.attention = Attention(a)
+        self.intermediate = Intermediate(a)
+        self.output = SelfOutput(a.intermediate_size, a.hidden_size, a.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
+        x = self.attention(x, mask_bias)
+        return self.output(self.intermediate(x), x)  # type: ignore[no-any-return]
+
+
+class Encoder(nn.Module):
+    def __init__(self, a: BertArgs) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList(Layer(a) for _ in range(a.num_hidden_layers))
+
+    def forward(self, x: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
+        for layer in self.layer:
+            x = layer(x, mask_bias)
+        return x
+
+
+class SentenceBert(nn.Module):
+    """BERT encoder + masked mean pooling + L2 normalisation: (b, s) ids -> (b, hidden)."""
+
+    def __init__(self, a: BertArgs) -> None:
+        super().__init__()
+        self.args = a
+        self.embeddings = Embeddings(a)
+        self.encoder = Encoder(a)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        x = self.embeddings(input_ids)
+        mask = attention_mask.to(x.dtype)  # (b, s), 1 = token, 0 = padding
+        # Additive bias (b, 1, 1, s): padded keys get the most negative float, so their
+        # softmax weight is exactly 0 and padding never changes a sentence's vector.
+        mask_bias = (1.0 - mask[:, None, None, :]) * torch.finfo(x.dtype).min
+        h = self.encoder(x, mask_bias)  # (b, s, hidden)
+        # Mean over real tokens only (sentence-transformers' Pooling, mean mode).
+        summed = (h * mask[:, :, None]).sum(dim=1)
+        counts = mask.sum(dim=1, keepdim=True).clamp(min=1e-9)
+        return F.normalize(summed / counts, p=2.0, dim=1)
+
+
+def load_sentence_bert(model_dir: Path | None = None) -> SentenceBert:
+    """The torch model with the checkpoint's weights, in eval mode (the reference)."""
+    from safetensors.torch import load_file
+
+    model_dir = model_dir or bundled_model_dir()
+    info = read_model_info(model_dir)
+    model = SentenceBert(BertArgs.from_config(info.config))
+    state = load_file(str(model_dir / "model.safetensors"))
+    # The pooler (CLS head) is unused by mean pooling; position_ids is a constant buffer.
+    state = {
+        k: v for k, v in state.items() if not k.startswith("pooler.") and k != "embeddings.position_ids"
+    }
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def export_onnx(out: Path, model_dir: Path | None = None, *, optimize: bool = True) -> Path:
+    """Export the graph to ``out`` atomically (temp file in the same folder, then rename).
+
+    With ``optimize`` the graph is saved after onnxruntime's *extended* optimisations
+    (fused attention, gelu, skip-layernorm): portable across CPUs, unlike the *all*
+    level whose layout changes are machine-specific, and it saves every cold start
+    the fusion work.
+    """
+    model = load_sentence_bert(model_dir)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ids = torch.tensor([[101, 7592, 2088, 102], [101, 7592, 102, 0]], dtype=torch.int64)
+    mask = (ids != 0).to(torch.int64)
+    fd, raw_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".raw.onnx", dir=out.parent)
+    os.close(fd)
+    raw = Path(raw_name)
+    final = raw.with_suffix(".opt")
+    try:
+        with torch.inference_mode(), warnings.catch_warnings():
+            # The TorchScript exporter is deprecated in favour of dynamo, which needs
+            # onnxscript; this one needs only torch, and it exports BERT faithfully.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (ids, mask),
+                str(raw),
+                input_names=["input_ids", "attention_mask"],
+                output_names=["sentence_embedding"],
+                dynamic_axes={
+                    "input_ids": {0: "batch", 1: "sequence"},
+                    "attention_mask": {0: "batch", 1: "sequence"},
+                    "sentence_embedding": {0: "batch"},
+                },
+                opset_version=OPSET,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        if optimize:
+            import onnxruntime as ort
+
+            so = ort.SessionOptions()
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+            so.optimized_model_filepath = str(final)
+            ort.InferenceSession(str(raw), so, providers=["CPUExecutionProvider"])
+        else:
+            raw.replace(final)
+        final.replace(out)
+    finally:
+        raw.unlink(missing_ok=True)
+        final.unlink(missing_ok=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m providers.inference.onnx_export",
+        description="Export the sentence-transformers BERT to the ONNX graph the "
+        "inline::onnx-embeddings provider serves.",
+    )
+    parser.add_argument("--model-dir", type=Path, default=None, help="default: bundled MiniLM")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where to write the .onnx (default: the provider's cache path under "
+        "$FNSTACK_CACHE_DIR or ~/.cache/fnstack)",
+    )
+    parser.add_argument("--no-optimize", action="store_true", help="save the raw export")
+    args = parser.parse_args(argv)
+    model_dir = args.model_dir or bundled_model_dir()
+    out = args.out or default_graph_path(model_dir, default_cache_dir(), DEFAULT_MODEL_ID)
+    path = export_onnx(out, model_dir, optimize=not args.no_optimize)
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
