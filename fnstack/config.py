@@ -89,6 +89,19 @@ class QueueConfig(_Strict):
         return value or None
 
 
+class InferenceStoreConfig(_Strict):
+    """How chat completions are stored (the ``inference`` store)."""
+
+    # queue: N writer tasks, the request never waits on storage (local server).
+    # sync: written before the response completes (Lambda freezes after it).
+    # auto: sync when running on Lambda, else queue.
+    write_mode: Literal["auto", "queue", "sync"] = "auto"
+    writers: int = Field(default=4, ge=1, le=64)
+    max_pending: int = Field(default=10_000, ge=1)
+    # OpenAI stores only with `store: true`; fnstack keeps a history unless `store: false`.
+    store_by_default: bool = True
+
+
 class LoggingConfig(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -103,6 +116,7 @@ class RunConfig(_Strict):
     registered_resources: RegisteredResources = RegisteredResources()
     registry: RegistryConfig = RegistryConfig()
     queues: dict[str, QueueConfig] = {}
+    inference_store: InferenceStoreConfig = InferenceStoreConfig()
     logging: LoggingConfig = LoggingConfig()
     # Where providers cache derived artefacts (dequantized weights, ONNX graphs).
     cache_dir: str = "~/.cache/fnstack"

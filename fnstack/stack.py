@@ -11,13 +11,16 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fnstack.config import ProviderConfig, RunConfig
 from fnstack.errors import NotFoundError
 from fnstack.registry import Registry
 from fnstack.spec import Api, ProviderContext, ProviderSpec, load_spec
 from fnstack.storage import Stores
+
+if TYPE_CHECKING:
+    from fnstack.inference import InferenceService
 
 __all__ = ["ProviderHandle", "Stack"]
 
@@ -42,6 +45,16 @@ class Stack:
         self.registry = Registry(self)
         self._lock = asyncio.Lock()
         self._started = False
+        self._inference: InferenceService | None = None
+
+    @property
+    def inference(self) -> InferenceService:
+        # Built on first use: the admin and models functions never open its store.
+        if self._inference is None:
+            from fnstack.inference import InferenceService
+
+            self._inference = InferenceService(self)
+        return self._inference
 
     async def start(self, *, warmup: bool = False) -> None:
         """Build every provider (factories are cheap); ``warmup`` loads models now."""
@@ -78,6 +91,10 @@ class Stack:
 
     async def shutdown(self) -> None:
         async with self._lock:
+            if self._inference is not None:
+                # Drain queued history writes before providers and stores go away.
+                await self._inference.close()
+                self._inference = None
             for pid, handle in self.providers.items():
                 if handle.instance is not None and hasattr(handle.instance, "shutdown"):
                     try:

@@ -129,11 +129,13 @@ class SqliteKVStore(KVStore):
                 (self.namespace, key, cond.version, cond.now),
             )
             return n == 1
+        # Liveness is judged here, not in RETURNING: SQLite 3.40 evaluates
+        # `expires_at IS NULL` there as false even when it is NULL.
         rows, _ = await self._db.run(
-            f"DELETE FROM kv WHERE namespace=? AND key=? RETURNING {live}",
-            (self.namespace, key, cond.now),
+            "DELETE FROM kv WHERE namespace=? AND key=? RETURNING expires_at",
+            (self.namespace, key),
         )
-        return bool(rows and rows[0][0])
+        return bool(rows) and (rows[0][0] is None or rows[0][0] > cond.now)
 
     async def _scan(
         self, prefix: str, start_after: str | None, order: Order, limit: int, owner: str | None

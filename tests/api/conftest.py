@@ -1,0 +1,76 @@
+"""The API test suite runs unchanged against every execution mode.
+
+``--mode local`` (default ``all``) serves the ``local`` distribution with ``fnstack run``
+(SQLite + a folder); the ``gateway`` mode serves the ``aws`` distribution through the
+emulated API Gateway on moto-emulated DynamoDB/S3/SQS created from template.yaml.
+Tests get ``api`` (a live server: base_url + mode), ``client`` (the official openai
+SDK) and ``http`` (httpx, for calls the SDK does not have).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.support.servers import FnstackServer
+
+MODES = ("local", "gateway")
+
+
+@dataclass(frozen=True)
+class LiveApi:
+    mode: str
+    base_url: str
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--mode",
+        action="append",
+        choices=MODES,
+        help="execution mode(s) to run the API suite against (default: all)",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "api" in metafunc.fixturenames:
+        modes = metafunc.config.getoption("--mode") or list(MODES)
+        metafunc.parametrize("api", modes, indirect=True, scope="session")
+
+
+def _local(tmp: Path) -> Iterator[LiveApi]:
+    env = {"FNSTACK_HOME": str(tmp / "home")}
+    with FnstackServer(["run", "local"], env=env, log_path=tmp / "server.log") as server:
+        yield LiveApi("local", server.base_url)
+
+
+def _gateway(tmp: Path) -> Iterator[LiveApi]:
+    from tests.support.gateway import emulated_gateway
+
+    with emulated_gateway(tmp) as base_url:
+        yield LiveApi("gateway", base_url)
+
+
+@pytest.fixture(scope="session")
+def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
+    LiveApi
+]:
+    tmp = tmp_path_factory.mktemp(f"api-{request.param}")
+    starter = _local if request.param == "local" else _gateway
+    yield from starter(tmp)
+
+
+@pytest.fixture
+def client(api: LiveApi) -> openai.OpenAI:
+    return openai.OpenAI(base_url=api.base_url, api_key="none", max_retries=0, timeout=120)
+
+
+@pytest.fixture
+def http(api: LiveApi) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=api.base_url.removesuffix("/v1"), timeout=120) as c:
+        yield c
