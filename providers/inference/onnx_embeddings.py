@@ -133,16 +133,22 @@ def read_model_info(model_dir: Path) -> ModelInfo:
         if not path.is_file():
             if default is not None:
                 return default
-            raise ConfigError(f"{path} is missing: model_path must be a sentence-transformers folder")
+            raise ConfigError(
+                f"{path} is missing: model_path must be a sentence-transformers folder"
+            )
         data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
         return data
 
     cfg = load("config.json")
     if cfg.get("model_type") != "bert":
-        raise ConfigError(f"only BERT models are supported, {model_dir} holds {cfg.get('model_type')!r}")
+        raise ConfigError(
+            f"only BERT models are supported, {model_dir} holds {cfg.get('model_type')!r}"
+        )
     pooling = load("1_Pooling/config.json", {"pooling_mode_mean_tokens": True})
     if not pooling.get("pooling_mode_mean_tokens") or any(
-        v for k, v in pooling.items() if k.startswith("pooling_mode_") and k != "pooling_mode_mean_tokens"
+        v
+        for k, v in pooling.items()
+        if k.startswith("pooling_mode_") and k != "pooling_mode_mean_tokens"
     ):
         raise ConfigError(f"{model_dir}: only mean pooling is supported, found {pooling}")
     st = load("sentence_bert_config.json", {})
@@ -169,6 +175,11 @@ def _fingerprint(model_dir: Path) -> str:
     h = hashlib.sha256(f"graph-format-{GRAPH_FORMAT}".encode())
     h.update((model_dir / "config.json").read_bytes())
     weights = model_dir / "model.safetensors"
+    if not weights.is_file():
+        raise ConfigError(
+            f"{weights} is missing, so no graph can be exported: set onnx_path to a graph "
+            "built with `python -m providers.inference.onnx_export`"
+        )
     size = weights.stat().st_size
     with weights.open("rb") as f:
         header_len = int.from_bytes(f.read(8), "little")
@@ -285,7 +296,9 @@ class OnnxEmbeddingsProvider:
     def __init__(self, config: OnnxEmbeddingsConfig, ctx: ProviderContext) -> None:
         self.config = config
         self.model_id = config.model_id
-        self.model_dir = config.model_path.expanduser() if config.model_path else bundled_model_dir()
+        self.model_dir = (
+            config.model_path.expanduser() if config.model_path else bundled_model_dir()
+        )
         self.info = read_model_info(self.model_dir)
         if config.onnx_path:
             self.graph_path = config.onnx_path.expanduser()
@@ -347,15 +360,12 @@ class OnnxEmbeddingsProvider:
         texts, token_lists = self._split_input(request.input)
         rt = await self._get_runtime()
 
-        def work() -> npt.NDArray[np.float32]:
+        def work() -> tuple[npt.NDArray[np.float32], int]:
             seqs = rt.tokenize(texts) if texts is not None else token_lists
-            nonlocal n_tokens
-            n_tokens = sum(len(s) for s in seqs)
-            return rt.embed(seqs)
+            return rt.embed(seqs), sum(len(s) for s in seqs)
 
-        n_tokens = 0
         try:
-            vectors = await asyncio.to_thread(work)
+            vectors, n_tokens = await asyncio.to_thread(work)
         except Exception as exc:
             raise InternalError(f"embedding failed: {exc}") from exc
         if dims is not None and dims < vectors.shape[1]:
@@ -432,7 +442,9 @@ class OnnxEmbeddingsProvider:
     ) -> ChatCompletion | AsyncIterator[ChatCompletionChunk]:
         self._not_generative(request.model, "/v1/chat/completions")
 
-    async def completion(self, request: CompletionRequest) -> Completion | AsyncIterator[Completion]:
+    async def completion(
+        self, request: CompletionRequest
+    ) -> Completion | AsyncIterator[Completion]:
         self._not_generative(request.model, "/v1/completions")
 
     def _not_generative(self, model: str, route: str) -> NoReturn:
