@@ -25,6 +25,7 @@ Example run config::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import json
 import logging
@@ -73,6 +74,8 @@ _RETRY_EXCEPTIONS: tuple[type[Exception], ...] = (
     # A pooled keep-alive connection the server closed just as we reused it.
     httpx.RemoteProtocolError,
 )
+# How long to wait for the end of a stream's body once [DONE] has arrived.
+_DRAIN_SECONDS = 1.0
 # How much of a non-JSON upstream body to quote in an error message.
 _QUOTE = 300
 
@@ -276,8 +279,9 @@ class _SSEStream(Generic[T]):
     async def _parse(self) -> AsyncGenerator[T, None]:
         finished = False  # a finish_reason was seen: the answer is complete
         event, data = "", []
+        lines = self._response.aiter_lines()
         with _map_transport_errors(self._base_url):
-            async for line in self._response.aiter_lines():
+            async for line in lines:
                 if line.startswith("data:"):
                     data.append(line[6:] if line.startswith("data: ") else line[5:])
                 elif line.startswith("event:"):
@@ -286,6 +290,7 @@ class _SSEStream(Generic[T]):
                     payload = "\n".join(data)
                     event, data, kind = "", [], event
                     if payload.strip() == "[DONE]":
+                        await _drain(lines)
                         return
                     chunk = self._chunk(payload, kind)
                     finished = finished or any(
@@ -312,6 +317,19 @@ class _SSEStream(Generic[T]):
             raise UpstreamError(
                 f"upstream sent a malformed stream event: {payload[:_QUOTE]!r}"
             ) from exc
+
+
+async def _drain(lines: AsyncIterator[str]) -> None:
+    """Read what follows [DONE] (normally just the end of the chunked body).
+
+    A response closed before its body ends takes its connection down with it; read to
+    the end and the connection goes back to the pool for the next request. Bounded, so
+    an upstream that holds the body open after [DONE] cannot hold the caller.
+    """
+    with contextlib.suppress(TimeoutError, httpx.HTTPError):
+        async with asyncio.timeout(_DRAIN_SECONDS):
+            async for _ in lines:
+                pass
 
 
 # --- the provider ------------------------------------------------------------------------

@@ -64,6 +64,7 @@ class Seen:
     path: str
     headers: dict[str, str]
     body: Any
+    client: tuple[str, int] | None = None  # the peer address: same port, same connection
     disconnected: threading.Event = field(default_factory=threading.Event)
 
 
@@ -223,6 +224,7 @@ class FakeOpenAI:
             path=path,
             headers={k.decode(): v.decode() for k, v in scope["headers"]},
             body=body,
+            client=tuple(scope["client"]) if scope.get("client") else None,
         )
         with self._lock:
             self.requests.append(seen)

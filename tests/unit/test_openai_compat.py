@@ -98,7 +98,8 @@ class Llama:
 
     @property
     def model_id(self) -> str:
-        assert self.server is not None
+        if self.server is None:
+            pytest.fail(self.problem, pytrace=False)
         return self.server.model_id
 
 
@@ -175,14 +176,19 @@ async def test_llamacpp_bad_request_maps_to_400(llama: Llama) -> None:
 
 
 async def test_llamacpp_embeddings() -> None:
+    # SmolLM2's GGUF names no pooling, so llama.cpp would answer one vector per token;
+    # mean pooling (1) makes it an ordinary sentence-embedding model.
+    server = LlamaCppServer(
+        embedding=True, extra_args=("--kv_overrides", "llama.pooling_type=int:1")
+    )
     try:
-        # SmolLM2's GGUF names no pooling, so llama.cpp would answer one vector per
-        # token; mean pooling (1) makes it an ordinary sentence-embedding model.
-        server = LlamaCppServer(
-            embedding=True, extra_args=("--kv_overrides", "llama.pooling_type=int:1")
-        ).__enter__()
+        server.__enter__()
     except LlamaCppUnavailable as exc:
-        pytest.fail(str(exc), pytrace=False)
+        problem = str(exc)
+    else:
+        problem = ""
+    if problem:
+        pytest.fail(problem, pytrace=False)
     provider = await make_provider(server.base_url, max_retries=0)
     try:
         result = await provider.embeddings(
@@ -407,6 +413,14 @@ async def test_stream_relays_chunks(fake: FakeOpenAI, mock: OpenAICompatProvider
     assert text_of(chunks) == "Hello there!"
     assert chunks[-1].choices[0].finish_reason == "stop"
     assert fake.requests[-1].body["stream"] is True
+
+
+async def test_finished_stream_returns_its_connection_to_the_pool(
+    fake: FakeOpenAI, mock: OpenAICompatProvider
+) -> None:
+    for _ in range(3):
+        await drain(await chat_stream(mock))
+    assert len({seen.client for seen in fake.requests}) == 1
 
 
 async def test_stream_relays_the_usage_chunk(fake: FakeOpenAI, mock: OpenAICompatProvider) -> None:
