@@ -66,12 +66,15 @@ logger = logging.getLogger(__name__)
 
 # Statuses worth another try: the upstream is overloaded or restarting, not refusing us.
 _RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-# Failures that happen before the upstream saw (or answered) anything of the request.
+# Failures before the response headers: nothing has been relayed yet, so another try is
+# safe. Read/write *timeouts* are not here: a slow upstream may still be generating, and
+# a second request would double its load.
 _RETRY_EXCEPTIONS: tuple[type[Exception], ...] = (
-    httpx.ConnectError,
     httpx.ConnectTimeout,
     httpx.PoolTimeout,
-    # A pooled keep-alive connection the server closed just as we reused it.
+    # Connect, read and write errors: a refused connection, or a pooled keep-alive one
+    # the server (or a thawed Lambda's NAT) dropped while it sat idle.
+    httpx.NetworkError,
     httpx.RemoteProtocolError,
 )
 # How long to wait for the end of a stream's body once [DONE] has arrived.
@@ -373,7 +376,7 @@ class OpenAICompatProvider:
             payload = json.loads(await _read(response, self._base_url))
             entries = payload.get("data", []) if isinstance(payload, dict) else payload
             return [self._provider_model(e) for e in entries if isinstance(e, dict) and "id" in e]
-        except (FnstackError, ValueError, AttributeError) as exc:
+        except (FnstackError, ValueError, AttributeError, TypeError) as exc:
             logger.warning("listing models of %s failed: %s", self._base_url, exc)
             return []
 
