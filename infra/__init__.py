@@ -1,0 +1,1 @@
+"""Deployment helpers: template validation, AWS emulation, build budgets."""
