@@ -1,0 +1,147 @@
+"""AWS wire helpers shared by the fake Bedrock and SageMaker runtimes.
+
+- The ``application/vnd.amazon.eventstream`` framing (what ConverseStream and
+  InvokeEndpointWithResponseStream answer), byte for byte as AWS sends it, so botocore's
+  own ``EventStreamBuffer`` decodes it and checks both CRCs::
+
+      +-------------+---------------+------------+---------+---------+-------------+
+      | total len 4 | headers len 4 | prelude    | headers | payload | message     |
+      | (big endian)| (big endian)  | CRC32 4    |         |         | CRC32 4     |
+      +-------------+---------------+------------+---------+---------+-------------+
+                                     ^ of the 8 bytes before   ^ of everything before
+
+  Each header: name length (1 byte), name, value type (1 byte; 7 = string),
+  value length (2 bytes), value.
+- rest-json error responses: the status, ``x-amzn-ErrorType`` and ``{"message": ...}``.
+- A uvicorn server on a free 127.0.0.1 port in its own thread.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+import time
+import zlib
+from typing import Any
+
+import uvicorn
+from starlette.responses import Response
+
+__all__ = [
+    "ThreadedServer",
+    "aws_error",
+    "encode_message",
+    "error_message",
+    "event_message",
+    "exception_message",
+    "free_port",
+]
+
+EVENTSTREAM = "application/vnd.amazon.eventstream"
+_STRING = 7  # the header value type of a UTF-8 string
+
+
+def _header(name: str, value: str) -> bytes:
+    raw_name, raw_value = name.encode(), value.encode()
+    return (
+        struct.pack(">B", len(raw_name))
+        + raw_name
+        + struct.pack(">BH", _STRING, len(raw_value))
+        + raw_value
+    )
+
+
+def encode_message(headers: dict[str, str], payload: bytes) -> bytes:
+    """One event-stream message: prelude, prelude CRC, headers, payload, message CRC."""
+    raw_headers = b"".join(_header(k, v) for k, v in headers.items())
+    total = 12 + len(raw_headers) + len(payload) + 4
+    prelude = struct.pack(">II", total, len(raw_headers))
+    prelude += struct.pack(">I", zlib.crc32(prelude) & 0xFFFFFFFF)
+    body = prelude + raw_headers + payload
+    return body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
+
+
+def event_message(
+    event_type: str, payload: Any, content_type: str = "application/json"
+) -> bytes:
+    """A normal event; dict payloads are sent as JSON, bytes as they are."""
+    raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return encode_message(
+        {":event-type": event_type, ":content-type": content_type, ":message-type": "event"},
+        raw,
+    )
+
+
+def exception_message(exception_type: str, body: dict[str, Any]) -> bytes:
+    """A modeled error event (e.g. ``modelStreamErrorException``): the stream's last."""
+    return encode_message(
+        {
+            ":exception-type": exception_type,
+            ":content-type": "application/json",
+            ":message-type": "exception",
+        },
+        json.dumps(body).encode(),
+    )
+
+
+def error_message(code: str, message: str) -> bytes:
+    """An unmodeled error event, carried in headers only."""
+    return encode_message(
+        {":error-code": code, ":error-message": message, ":message-type": "error"}, b""
+    )
+
+
+def aws_error(status: int, error_type: str, body: dict[str, Any]) -> Response:
+    """A rest-json error answer, as AWS sends it: botocore reads the code from the header."""
+    return Response(
+        json.dumps(body).encode(),
+        status_code=status,
+        media_type="application/json",
+        headers={
+            "x-amzn-ErrorType": f"{error_type}:http://internal.amazon.com/coral/",
+            "x-amzn-RequestId": "fake-request-id",
+        },
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ThreadedServer:
+    """An ASGI app served by uvicorn on 127.0.0.1 in a daemon thread; a context manager."""
+
+    def __init__(self, app: Any, name: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._name = name
+        self._server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host="127.0.0.1",
+                port=self.port,
+                log_level="critical",  # dropped streams are on purpose; keep them quiet
+                access_log=False,
+                lifespan="auto",
+            )
+        )
+        self._thread = threading.Thread(target=self._server.run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        deadline = time.monotonic() + 15
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError(f"{self._name} did not start on port {self.port}")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        # A stream a test left hanging must not hold shutdown up.
+        self._server.force_exit = True
+        self._thread.join(timeout=10)
