@@ -118,6 +118,7 @@ async def llama() -> AsyncIterator[Llama]:
         server.__exit__(None, None, None)
 
 
+@pytest.mark.slow
 async def test_llamacpp_chat_answers(llama: Llama) -> None:
     answer = await chat_once(llama.provider, model=llama.model_id, temperature=0, max_tokens=32)
     choice = answer.choices[0]
@@ -126,6 +127,7 @@ async def test_llamacpp_chat_answers(llama: Llama) -> None:
     assert answer.usage is not None and answer.usage.completion_tokens > 0
 
 
+@pytest.mark.slow
 async def test_llamacpp_chat_streams(llama: Llama) -> None:
     fields: dict[str, Any] = {"model": llama.model_id, "temperature": 0, "max_tokens": 16}
     whole = await chat_once(llama.provider, **fields)
@@ -146,6 +148,7 @@ async def test_llamacpp_chat_streams(llama: Llama) -> None:
     assert all(u.completion_tokens > 0 for u in usage)
 
 
+@pytest.mark.slow
 async def test_llamacpp_completion(llama: Llama) -> None:
     request = CompletionRequest(
         model=llama.model_id, prompt="The capital of France is", max_tokens=8, temperature=0
@@ -161,11 +164,13 @@ async def test_llamacpp_completion(llama: Llama) -> None:
     assert "".join(p.choices[0].text for p in parts if p.choices) == result.choices[0].text
 
 
+@pytest.mark.slow
 async def test_llamacpp_lists_models(llama: Llama) -> None:
     models = await llama.provider.list_models()
     assert [(m.provider_resource_id, m.model_type) for m in models] == [(llama.model_id, "llm")]
 
 
+@pytest.mark.slow
 async def test_llamacpp_bad_request_maps_to_400(llama: Llama) -> None:
     # A prompt longer than the 2048-token context: llama.cpp refuses it with a 400.
     with pytest.raises(InvalidRequestError) as info:
@@ -175,6 +180,7 @@ async def test_llamacpp_bad_request_maps_to_400(llama: Llama) -> None:
     assert info.value.status == 400 and "context" in info.value.message.lower()
 
 
+@pytest.mark.slow
 async def test_llamacpp_embeddings() -> None:
     # SmolLM2's GGUF names no pooling, so llama.cpp would answer one vector per token;
     # mean pooling (1) makes it an ordinary sentence-embedding model.
