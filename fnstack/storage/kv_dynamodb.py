@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
@@ -71,6 +72,41 @@ _THROTTLED = frozenset(
 _LIVE = "(attribute_not_exists(exp) OR exp > :now)"
 
 
+_clients: dict[tuple[str | None, str | None], DynamoDBClient] = {}
+_clients_lock = threading.Lock()
+
+
+def _shared_client(config: KVDynamoDBConfig) -> DynamoDBClient:
+    """One client per region and endpoint for the whole process, never closed.
+
+    Creating a client costs ~0.1 s (it loads the service model), and every namespace
+    opens a store: sharing keeps cold starts short, and a warm Lambda reuses the client
+    and its connection pool across invocations. Clients are thread-safe; sessions are
+    not, so each client gets its own session, created under the lock.
+    """
+    where = (config.region, config.endpoint_url)
+    with _clients_lock:
+        if where not in _clients:
+            try:
+                _clients[where] = boto3.session.Session().client(
+                    "dynamodb",
+                    region_name=config.region,
+                    endpoint_url=config.endpoint_url,
+                    config=Config(
+                        retries={"mode": "standard", "max_attempts": 3},
+                        connect_timeout=5,
+                        read_timeout=10,
+                    ),
+                )
+            except NoRegionError as exc:
+                raise ConfigError(
+                    f"no AWS region for DynamoDB table {config.table!r}: set the backend's "
+                    "`region` or AWS_REGION",
+                    path="storage.backends",
+                ) from exc
+        return _clients[where]
+
+
 class _ConditionFailed(Exception):
     """ConditionalCheckFailedException, before the boundary turns errors into fnstack's."""
 
@@ -79,25 +115,7 @@ class DynamoDBKVStore(KVStore):
     def __init__(self, config: KVDynamoDBConfig, namespace: str) -> None:
         super().__init__(namespace)
         self.table = config.table
-        try:
-            # A session per store: the default session is not thread-safe, and every
-            # call runs in a worker thread. The client itself is thread-safe.
-            self._client: DynamoDBClient = boto3.session.Session().client(
-                "dynamodb",
-                region_name=config.region,
-                endpoint_url=config.endpoint_url,
-                config=Config(
-                    retries={"mode": "standard", "max_attempts": 3},
-                    connect_timeout=5,
-                    read_timeout=10,
-                ),
-            )
-        except NoRegionError as exc:
-            raise ConfigError(
-                f"no AWS region for DynamoDB table {self.table!r}: set the backend's "
-                "`region` or AWS_REGION",
-                path="storage.backends",
-            ) from exc
+        self._client = _shared_client(config)
 
     # --- primitives ------------------------------------------------------------------
 
@@ -214,9 +232,6 @@ class DynamoDBKVStore(KVStore):
                 break
             params["ExclusiveStartKey"] = last
         return out[:limit]
-
-    async def close(self) -> None:
-        self._client.close()
 
     # --- items -----------------------------------------------------------------------
 

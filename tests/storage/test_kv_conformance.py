@@ -11,6 +11,7 @@ import pytest
 
 from fnstack.errors import InvalidRequestError, PreconditionFailedError
 from fnstack.storage import KVRecord, KVStore, Owner
+from fnstack.storage.base import Order
 from fnstack.storage.kv_sqlite import SqliteDatabase, SqliteKVStore
 from tests.storage.conftest import KVOpener
 
@@ -216,7 +217,7 @@ async def _walk_back(kv: KVStore, cursor: str | None, **kwargs: Any) -> list[lis
 
 
 @pytest.mark.parametrize("order", ["asc", "desc"])
-async def test_cursor_pagination_forward(kv: KVStore, order: str) -> None:
+async def test_cursor_pagination_forward(kv: KVStore, order: Order) -> None:
     keys = [f"item/{i:03d}" for i in range(23)]
     await _put_many(kv, keys)
     await kv.put("other", {})
@@ -227,7 +228,7 @@ async def test_cursor_pagination_forward(kv: KVStore, order: str) -> None:
 
 
 @pytest.mark.parametrize("order", ["asc", "desc"])
-async def test_cursor_pagination_backward(kv: KVStore, order: str) -> None:
+async def test_cursor_pagination_backward(kv: KVStore, order: Order) -> None:
     keys = [f"item/{i:03d}" for i in range(23)]
     await _put_many(kv, keys)
     await kv.put("other", {})
@@ -266,7 +267,8 @@ async def test_list_skips_expired_without_short_pages(kv: KVStore) -> None:
     live = [f"k{i:03d}" for i in range(0, 90, 9)]  # 10 live, islands in 80 expired
     await _put_many(kv, [f"k{i:03d}" for i in range(90) if f"k{i:03d}" not in live], ttl=-1)
     await _put_many(kv, live)
-    for order in ("asc", "desc"):
+    orders: list[Order] = ["asc", "desc"]
+    for order in orders:
         pages = await _walk(kv, limit=3, order=order)
         assert [len(p) for p in pages] == [3, 3, 3, 1]
         assert [k for p in pages for k in p] == (live if order == "asc" else live[::-1])

@@ -102,7 +102,8 @@ class MotoServer:
         self.start_timeout = start_timeout
         self.port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
-        self._log = tempfile.TemporaryFile()  # moto logs every request: never a pipe
+        # moto logs every request: a pipe nobody reads would fill up and stall it.
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in __exit__
 
     @property
     def endpoint(self) -> str:

@@ -1,0 +1,177 @@
+"""What only the AWS backends have: the stored item layout, multipart uploads, and the
+translation of AWS errors into fnstack's at the backend boundary."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from fnstack.errors import InternalError, PayloadTooLargeError, RateLimitError, UpstreamError
+from fnstack.storage import BlobS3Config, KVDynamoDBConfig, Owner, open_blob, open_kv
+from fnstack.storage.blob_s3 import PART_SIZE, S3BlobStore
+from fnstack.storage.kv_dynamodb import DynamoDBKVStore
+from tests.storage.conftest import BUCKET, TABLE
+from tests.support.aws import REGION, MotoServer, client
+
+
+def _kv(server: MotoServer, namespace: str, table: str = TABLE) -> DynamoDBKVStore:
+    store = open_kv(
+        KVDynamoDBConfig(
+            type="kv_dynamodb", table=table, region=REGION, endpoint_url=server.endpoint
+        ),
+        namespace,
+    )
+    assert isinstance(store, DynamoDBKVStore)
+    return store
+
+
+def _blob(server: MotoServer, prefix: str, bucket: str = BUCKET) -> S3BlobStore:
+    store = open_blob(
+        BlobS3Config(type="blob_s3", bucket=bucket, region=REGION, endpoint_url=server.endpoint),
+        prefix,
+    )
+    assert isinstance(store, S3BlobStore)
+    return store
+
+
+def _error(code: str, status: int, message: str = "boom") -> ClientError:
+    return ClientError(
+        {
+            "Error": {"Code": code, "Message": message},
+            "ResponseMetadata": {"HTTPStatusCode": status},  # type: ignore[typeddict-item]
+        },
+        "PutItem",
+    )
+
+
+# --- DynamoDB ----------------------------------------------------------------------------
+
+
+async def test_item_layout(moto: MotoServer) -> None:
+    """The attributes template.yaml's table and index rely on."""
+    ns = f"ns-{uuid.uuid4().hex}"
+    rec = await _kv(moto, ns).put("k", {"a": 1}, owner=Owner("alice", {"r": ["x"]}), ttl=100)
+    item = client("dynamodb", moto.endpoint).get_item(
+        TableName=TABLE, Key={"pk": {"S": ns}, "sk": {"S": "k"}}
+    )["Item"]
+    assert rec.expires_at is not None
+    assert item["v"] == {"S": '{"a":1}'}
+    assert item["ver"] == {"N": "1"}
+    assert item["own"] == {"S": "alice"}
+    assert Owner.from_dict(json.loads(item["ownj"]["S"])) == Owner("alice", {"r": ["x"]})
+    assert float(item["exp"]["N"]) == rec.expires_at
+    assert item["ttl"] == {"N": str(math.ceil(rec.expires_at))}
+    assert item["gsi1pk"] == {"S": f"{ns}#alice"}
+    assert item["gsi1sk"] == {"S": "k"}
+
+
+async def test_owner_index_key_is_not_ambiguous(moto: MotoServer) -> None:
+    # f"{namespace}#{principal}" collides for ("a#b", "c") and ("a", "b#c").
+    base = uuid.uuid4().hex
+    first, second = _kv(moto, f"{base}#b"), _kv(moto, base)
+    await first.put("k1", {}, owner=Owner("c"))
+    await second.put("k2", {}, owner=Owner("b#c"))
+    assert [r.key for r in (await first.list(owner="c")).records] == ["k1"]
+    assert [r.key for r in (await second.list(owner="b#c")).records] == ["k2"]
+
+
+async def test_missing_table(moto: MotoServer) -> None:
+    store = _kv(moto, "ns", table="no-such-table")
+    with pytest.raises(InternalError, match="no-such-table") as err:
+        await store.get("k")
+    assert err.value.code == "table_not_found"
+
+
+async def test_item_too_large(moto: MotoServer) -> None:
+    with pytest.raises(PayloadTooLargeError):
+        await _kv(moto, "ns").put("big", {"x": "y" * 500_000})
+
+
+async def test_unreachable_endpoint() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again below: nothing listens there
+    store = open_kv(
+        KVDynamoDBConfig(
+            type="kv_dynamodb", table=TABLE, region=REGION, endpoint_url=f"http://127.0.0.1:{port}"
+        ),
+        "ns",
+    )
+    with pytest.raises(UpstreamError, match=TABLE):
+        await store.get("k")
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "expected"),
+    [
+        ("ProvisionedThroughputExceededException", 400, RateLimitError),
+        ("ThrottlingException", 400, RateLimitError),
+        ("InternalServerError", 500, UpstreamError),
+        ("AccessDeniedException", 400, InternalError),
+    ],
+)
+def test_dynamodb_error_translation(
+    moto: MotoServer, code: str, status: int, expected: type[Exception]
+) -> None:
+    err = _kv(moto, "ns")._translate(_error(code, status))
+    assert type(err) is expected
+    assert TABLE in err.message
+    if expected is not RateLimitError:
+        assert code in err.message
+
+
+# --- S3 ----------------------------------------------------------------------------------
+
+
+async def _chunks(data: bytes, size: int = 1 << 20) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+async def test_large_stream_uses_multipart(moto: MotoServer) -> None:
+    prefix = f"mp-{uuid.uuid4().hex}/"
+    data = os.urandom(PART_SIZE * 2 + 1)
+    info = await _blob(moto, prefix).put("big", _chunks(data))
+    assert info.etag is not None and info.etag.endswith("-3")  # S3's multipart ETag
+    head: Any = client("s3", moto.endpoint).head_object(Bucket=BUCKET, Key=prefix + "big")
+    assert head["ContentLength"] == len(data)
+
+
+async def test_failed_multipart_upload_is_aborted(moto: MotoServer) -> None:
+    prefix = f"abort-{uuid.uuid4().hex}/"
+
+    async def broken() -> AsyncIterator[bytes]:
+        yield b"x" * (PART_SIZE + 1)
+        raise RuntimeError("client went away")
+
+    with pytest.raises(RuntimeError):
+        await _blob(moto, prefix).put("half", broken())
+    pending = client("s3", moto.endpoint).list_multipart_uploads(Bucket=BUCKET, Prefix=prefix)
+    assert pending.get("Uploads", []) == []
+
+
+async def test_missing_bucket(moto: MotoServer) -> None:
+    store = _blob(moto, "p/", bucket="no-such-bucket")
+    with pytest.raises(InternalError, match="no-such-bucket") as err:
+        await store.put("k", b"x")
+    assert err.value.code == "bucket_not_found"
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "expected"),
+    [("SlowDown", 503, RateLimitError), ("InternalError", 500, UpstreamError)],
+)
+def test_s3_error_translation(
+    moto: MotoServer, code: str, status: int, expected: type[Exception]
+) -> None:
+    err = _blob(moto, "p/")._translate(_error(code, status))
+    assert type(err) is expected
+    assert BUCKET in err.message
