@@ -72,6 +72,7 @@ from fnstack.api.inference import (
     message_text,
 )
 from fnstack.errors import (
+    ConfigError,
     FnstackError,
     InvalidRequestError,
     NotFoundError,
@@ -85,6 +86,7 @@ from fnstack.spec import Api, ProviderContext, ProviderModel, ProviderSpec
 __all__ = [
     "BedrockConfig",
     "BedrockProvider",
+    "RelayedStream",
     "ThreadedEventStream",
     "aws_client_config",
     "map_aws_errors",
@@ -323,15 +325,16 @@ class ThreadedEventStream:
             await asyncio.to_thread(self._stream.close)
 
 
-class _ChunkStream:
+class RelayedStream:
     """Parsed chunks over a `ThreadedEventStream`; ``aclose()`` always closes upstream
-    (an async generator's ``finally`` would not run if iteration never started)."""
+    (an async generator's ``finally`` would not run if iteration never started).
+    Not a bare async generator for that reason; remote::sagemaker uses it too."""
 
     def __init__(self, events: ThreadedEventStream, chunks: AsyncGenerator[Any, None]) -> None:
         self._events = events
         self._chunks = chunks
 
-    def __aiter__(self) -> _ChunkStream:
+    def __aiter__(self) -> RelayedStream:
         return self
 
     async def __anext__(self) -> Any:
@@ -695,7 +698,7 @@ class BedrockProvider:
             response = await asyncio.to_thread(self._client.converse_stream, **kwargs)
         events = ThreadedEventStream(response["stream"])
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
-        return _ChunkStream(events, _chunks_from(events, request.model, include_usage, what))
+        return RelayedStream(events, _chunks_from(events, request.model, include_usage, what))
 
     async def completion(
         self, request: CompletionRequest
@@ -834,7 +837,15 @@ async def _create(config: BedrockConfig, context: ProviderContext) -> BedrockPro
         )
 
     # Client creation reads the service model from disk: keep it off the event loop.
-    client = await asyncio.to_thread(build)
+    from botocore.exceptions import NoRegionError
+
+    try:
+        client = await asyncio.to_thread(build)
+    except NoRegionError:
+        raise ConfigError(
+            "no AWS region: set `region` in the provider config, or AWS_REGION",
+            path="config.region",
+        ) from None
     logger.info("bedrock client ready", extra={"models": [m.model_id for m in config.models]})
     return BedrockProvider(config, client)
 
