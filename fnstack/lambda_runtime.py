@@ -1,0 +1,205 @@
+"""Lambda glue shared by every function: event detection and the handler factory.
+
+A function module builds its app once, at module scope (Lambda keeps the module, and
+with SnapStart the snapshot, between invocations)::
+
+    handler = lambda_handler(create_app(load_config(...), apis=[...], lifespan=False))
+
+The handler looks at the event first: SQS and S3 records go to their record handlers,
+API Gateway events (REST v1, HTTP v2, function URLs) to Mangum. Mangum runs with
+``lifespan="off"``: it would otherwise run the app's start-up and shutdown on every
+invocation; the stack starts lazily on the first request instead, on the event loop
+Mangum keeps for the life of the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import unquote_plus
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp
+
+    from fnstack.config import RunConfig
+    from fnstack.stack import Stack
+
+__all__ = [
+    "EventKind",
+    "LambdaContext",
+    "LambdaHandler",
+    "UnsupportedEventError",
+    "batch_worker",
+    "event_kind",
+    "lambda_handler",
+]
+
+log = logging.getLogger("fnstack.lambda")
+
+EventKind = Literal["http", "sqs", "s3", "unknown"]
+LambdaHandler = Callable[[dict[str, Any], Any], Any]
+RecordsHandler = Callable[[list[dict[str, Any]], Any], Any]
+
+
+class UnsupportedEventError(ValueError):
+    """The function got an event of a kind it does not handle."""
+
+
+def event_kind(event: Any) -> EventKind:
+    """What invoked the function: an HTTP request, SQS messages or S3 notifications."""
+    if not isinstance(event, dict):
+        return "unknown"
+    if "requestContext" in event and ("httpMethod" in event or "version" in event):
+        return "http"
+    records = event.get("Records")
+    if isinstance(records, list) and records and isinstance(records[0], dict):
+        source = records[0].get("eventSource") or records[0].get("EventSource")
+        if source == "aws:sqs":
+            return "sqs"
+        if source == "aws:s3":
+            return "s3"
+    return "unknown"
+
+
+def lambda_handler(
+    app: ASGIApp | None = None,
+    *,
+    sqs: RecordsHandler | None = None,
+    s3: RecordsHandler | None = None,
+) -> LambdaHandler:
+    """The Lambda entry point for an ASGI app and/or record handlers."""
+    adapter: LambdaHandler | None = None
+    if app is not None:
+        from mangum import Mangum
+
+        adapter = Mangum(app, lifespan="off")  # type: ignore[arg-type]
+
+    def handler(event: dict[str, Any], context: Any) -> Any:
+        kind = event_kind(event)
+        if kind == "sqs" and sqs is not None:
+            return sqs(event["Records"], context)
+        if kind == "s3" and s3 is not None:
+            return s3(event["Records"], context)
+        if kind == "http" and adapter is not None:
+            return adapter(event, context)
+        handles = [k for k, h in (("http", adapter), ("sqs", sqs), ("s3", s3)) if h is not None]
+        raise UnsupportedEventError(
+            f"this function handles {', '.join(handles) or 'no'} events, not a {kind!r} event "
+            "(see events/ for samples of each kind)"
+        )
+
+    return handler
+
+
+# --- the batch worker -------------------------------------------------------------------
+
+# The batches API implements these in ``fnstack.batches.worker``:
+#     async def process_message(stack: Stack, body: dict[str, Any]) -> None
+#     async def process_inbox_object(stack: Stack, bucket: str, key: str) -> None
+# Both must be idempotent: SQS redelivers, S3 may notify twice.
+BATCH_WORKER_MODULE = "fnstack.batches.worker"
+
+
+def batch_worker(config: RunConfig) -> LambdaHandler:
+    """SQS messages and inbox/ uploads, handed to the batches API's worker."""
+    state: dict[str, Any] = {}
+
+    def run(make: Callable[[Stack, Any], Coroutine[Any, Any, None]] | None, arg: Any) -> None:
+        # One loop for the life of the process, as Mangum does: clients bound to it survive.
+        loop: asyncio.AbstractEventLoop = state.setdefault("loop", asyncio.new_event_loop())
+        if "stack" not in state:
+            from fnstack.stack import Stack
+
+            state["stack"] = Stack(config)
+        assert make is not None
+        loop.run_until_complete(make(state["stack"], arg))
+
+    def worker(name: str) -> Any:
+        import importlib
+
+        try:
+            module = importlib.import_module(BATCH_WORKER_MODULE)
+        except ModuleNotFoundError as exc:
+            if exc.name not in (BATCH_WORKER_MODULE, "fnstack.batches"):
+                raise
+            return None
+        return getattr(module, name)
+
+    def on_sqs(records: list[dict[str, Any]], context: Any) -> dict[str, Any]:
+        process = worker("process_message")
+        failures: list[dict[str, str]] = []
+        for record in records:
+            message_id = str(record.get("messageId", ""))
+            if process is None:
+                # Not an error to swallow: reported as failed, so SQS redelivers the
+                # message and finally moves it to the dead-letter queue. Nothing is lost.
+                log.warning("batches API not implemented yet; message left on the queue",
+                            extra={"message_id": message_id})
+                failures.append({"itemIdentifier": message_id})
+                continue
+            try:
+                body = json.loads(record.get("body") or "{}")
+                run(lambda stack, b: process(stack, b), body)
+            except Exception:
+                log.exception("batch message failed", extra={"message_id": message_id})
+                failures.append({"itemIdentifier": message_id})
+        return {"batchItemFailures": failures}
+
+    def on_s3(records: list[dict[str, Any]], context: Any) -> dict[str, Any]:
+        process = worker("process_inbox_object")
+        started: list[str] = []
+        skipped: list[str] = []
+        for record in records:
+            s3 = record.get("s3", {})
+            bucket = s3.get("bucket", {}).get("name", "")
+            # Keys arrive URL-encoded, spaces as '+'.
+            key = unquote_plus(s3.get("object", {}).get("key", ""))
+            if process is None:
+                log.warning("batches API not implemented yet; inbox object not processed",
+                            extra={"bucket": bucket, "key": key})
+                skipped.append(key)
+                continue
+            run(lambda stack, bk: process(stack, *bk), (bucket, key))
+            started.append(key)
+        return {"started": started, "skipped": skipped}
+
+    return lambda_handler(sqs=on_sqs, s3=on_s3)
+
+
+# --- a context object for local invocations --------------------------------------------
+
+
+@dataclass
+class LambdaContext:
+    """What the Lambda runtime passes as ``context``, for `fnstack invoke` and the gateway."""
+
+    function_name: str
+    memory_limit_in_mb: int = 1024
+    timeout_s: float = 30.0
+    function_version: str = "$LATEST"
+    region: str = "us-east-1"
+    account_id: str = "123456789012"
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def invoked_function_arn(self) -> str:
+        return f"arn:aws:lambda:{self.region}:{self.account_id}:function:{self.function_name}"
+
+    @property
+    def log_group_name(self) -> str:
+        return f"/aws/lambda/{self.function_name}"
+
+    @property
+    def log_stream_name(self) -> str:
+        return time.strftime("%Y/%m/%d/[$LATEST]") + self.aws_request_id.replace("-", "")
+
+    def get_remaining_time_in_millis(self) -> int:
+        left = self.timeout_s - (time.monotonic() - self.started)
+        return max(0, int(left * 1000))

@@ -1,0 +1,16 @@
+"""InferenceFunction: chat completions, completions, embeddings.
+
+On AWS the Lambda Web Adapter runs inference.sh, which serves ``app`` with uvicorn so
+responses stream; ``handler`` answers the same app buffered, through Mangum (the
+gateway emulator, `fnstack invoke`, or a deployment without the adapter).
+"""
+
+import os
+
+from fnstack.app import create_app
+from fnstack.config import load_config
+from fnstack.lambda_runtime import lambda_handler
+from fnstack.spec import Api
+
+app = create_app(load_config(os.environ["FNSTACK_CONFIG"]), apis=[Api.inference], lifespan=False)
+handler = lambda_handler(app)
