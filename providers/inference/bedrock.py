@@ -154,7 +154,7 @@ class BedrockConfig(BaseModel):
         return value or None
 
 
-# --- the error boundary (shared with remote::sagemaker) --------------------------------
+# --- the error boundary (shared with remote::sagemaker) -------------------------------
 
 _INVALID = frozenset({"ValidationException", "ServiceQuotaExceededException"})
 _THROTTLED = frozenset({"ThrottlingException", "TooManyRequestsException"})
@@ -264,7 +264,7 @@ def aws_client_config(
     )
 
 
-# --- relaying a blocking event stream ------------------------------------------------------
+# --- relaying a blocking event stream -------------------------------------------------
 
 _END = object()
 
@@ -349,7 +349,7 @@ class RelayedStream:
         await self._events.aclose()
 
 
-# --- request mapping -------------------------------------------------------------------------
+# --- request mapping ------------------------------------------------------------------
 
 _IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg",
                   "image/gif": "gif", "image/webp": "webp"}
@@ -547,7 +547,7 @@ def converse_request(
     return kwargs
 
 
-# --- response mapping --------------------------------------------------------------------------
+# --- response mapping -----------------------------------------------------------------
 
 
 def _finish_reason(stop_reason: str | None) -> FinishReason:
@@ -645,7 +645,7 @@ async def _chunks_from(
         raise UpstreamError(f"{what} ended the stream before messageStop")
 
 
-# --- embeddings ------------------------------------------------------------------------------
+# --- embeddings -----------------------------------------------------------------------
 
 
 def _encode(vector: list[float], encoding: str | None) -> list[float] | str:
@@ -665,7 +665,7 @@ def _texts(request: EmbeddingRequest) -> list[str]:
     )
 
 
-# --- the provider --------------------------------------------------------------------------------
+# --- the provider ---------------------------------------------------------------------
 
 
 class BedrockProvider:
@@ -819,7 +819,7 @@ async def _completion_chunks(
             await aclose()
 
 
-# --- registration --------------------------------------------------------------------------------
+# --- registration ---------------------------------------------------------------------
 
 
 async def _create(config: BedrockConfig, context: ProviderContext) -> BedrockProvider:

@@ -101,7 +101,7 @@ class SageMakerConfig(BaseModel):
         return value or None
 
 
-# --- errors ----------------------------------------------------------------------------------
+# --- errors ---------------------------------------------------------------------------
 
 
 def _error_fields(text: str) -> tuple[str, str | None, str | None]:
@@ -163,7 +163,7 @@ def _classifier(endpoint: str) -> Any:
     return classify
 
 
-# --- SSE over PayloadParts ---------------------------------------------------------------------
+# --- SSE over PayloadParts ------------------------------------------------------------
 
 
 class _SSELines:
@@ -247,7 +247,7 @@ async def _sse_chunks(
         raise UpstreamError(f"{what} ended the stream before it was complete (no [DONE])")
 
 
-# --- the provider -----------------------------------------------------------------------------
+# --- the provider ---------------------------------------------------------------------
 
 
 class SageMakerProvider:
@@ -339,7 +339,7 @@ class SageMakerProvider:
         return RelayedStream(events, _sse_chunks(events, model, self._what, self._classify))
 
 
-# --- registration ---------------------------------------------------------------------------
+# --- registration ---------------------------------------------------------------------
 
 
 async def _create(config: SageMakerConfig, context: ProviderContext) -> SageMakerProvider:
