@@ -1,0 +1,62 @@
+"""The engine of the ``inline::reference`` inference provider: a pure-torch Llama.
+
+Shaped like Meta's llama-models: ``args.py`` (hyper-parameters), ``model.py`` (the
+math), ``tokenizer.py``, ``chat_format.py``, ``generation.py`` (sampling and the
+continuous-batching engine), plus ``gguf_loader.py`` (weights from a GGUF file).
+
+Usage, from async code (the provider)::
+
+    engine = await asyncio.to_thread(Engine.load, gguf_path)       # device=None: auto
+    prompt = engine.apply_chat_template(messages, tools)           # -> str
+    try:
+        stream = engine.generate(prompt, SamplingParams(
+            max_tokens=256, temperature=0.7, top_p=0.9, seed=42,
+            stop=["\\n\\n"], logprobs=True, top_logprobs=2,
+        ))
+    except ContextLengthError as exc:   # a ValueError: map to HTTP 400
+        ...
+    async for delta in stream:          # GenerationDelta
+        delta.text                      # new text ("" while held back)
+        delta.token_ids, delta.logprobs # per generated token (TokenLogprob list or None)
+        delta.finish_reason             # None, then "stop" | "length" on the last delta
+        delta.usage                     # Usage(prompt_tokens, completion_tokens) on the last
+    await engine.close()
+
+* ``generate()`` validates eagerly: ``ContextLengthError`` when the prompt fills the
+  context window (``engine.args.max_seq_len``), ``ValueError`` for bad parameters.
+  Generation past the window is clamped (finish_reason ``"length"``).
+* Streams from concurrent requests are decoded together in one batch (up to
+  ``max_batch_size``; more wait for a slot). Leaving the ``async for`` early (then
+  ``aclose()``, or dropping the iterator) or cancelling the consuming task stops that
+  sequence and frees its slot; ``engine.num_active`` counts running + waiting requests.
+* A non-streaming call is ``"".join(d.text async for d in engine.generate(...))``.
+* ``ChatTemplateError`` (a ValueError) when the model's template rejects the messages.
+* ``Engine.load`` caches dequantized weights under ``$FNSTACK_CACHE_DIR`` (default
+  ``~/.cache/fnstack``); ``engine.load_stats`` tells whether the cache was warm.
+"""
+
+from __future__ import annotations
+
+from .args import ModelArgs
+from .chat_format import ChatTemplateError
+from .generation import (
+    ContextLengthError,
+    Engine,
+    EngineClosedError,
+    GenerationDelta,
+    SamplingParams,
+    TokenLogprob,
+    Usage,
+)
+
+__all__ = [
+    "ChatTemplateError",
+    "ContextLengthError",
+    "Engine",
+    "EngineClosedError",
+    "GenerationDelta",
+    "ModelArgs",
+    "SamplingParams",
+    "TokenLogprob",
+    "Usage",
+]
