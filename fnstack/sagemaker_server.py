@@ -175,7 +175,8 @@ async def _call(
 
 
 def _dump(item: BaseModel, model: str) -> bytes:
-    data = item.model_dump(mode="json", exclude_none=True, by_alias=True)
+    # Nulls stay: OpenAI's wire has them (a chunk's "finish_reason": null is required).
+    data = item.model_dump(mode="json", by_alias=True)
     if "model" in data:
         data["model"] = model
     return json.dumps(data, separators=(",", ":")).encode()
