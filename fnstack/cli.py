@@ -126,5 +126,11 @@ def check_config(config: str) -> None:
     click.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
 
 
+from fnstack.cli_lambda import gateway, invoke  # noqa: E402  (registered after main exists)
+
+main.add_command(invoke)
+main.add_command(gateway)
+
+
 if __name__ == "__main__":
     main()
