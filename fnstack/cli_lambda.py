@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -141,6 +142,9 @@ def gateway(port: int, host: str, template_path: str, env_pairs: tuple[str, ...]
 
     template = _load(template_path)
     overrides = _pairs(env_pairs)
+    # uvicorn re-raises SIGTERM after its graceful shutdown; exiting through SystemExit
+    # instead lets the emulator (moto, a child process) be stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with _aws(template, emulate_aws) as (resolver, extra, aws):
         envs = {name: function_env(template, name, resolver, extra, overrides)
                 for name, fn in template.functions.items() if fn.package_type == "Zip"}
