@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The serverless bundle in CI: offline template validation, `sam build` of the zip
+# functions and the provider layer (no Docker), the 250 MB layer budget.
+# Called by .ci/run with $VENV set and the repository root as cwd. Idempotent.
+set -euo pipefail
+
+VENV=${VENV:-.venv}
+PY312=${PY312:-$(command -v python3.12 || echo "$HOME/.pyenv/versions/3.12.1/bin/python3.12")}
+SAM_VENV=.venv-sam
+SAM_VERSION=1.170.0
+
+# aws-sam-cli pins click/boto3 versions the project's venv does not use: it gets its own
+# venv (python3.12, the Lambda runtime's version). Reused when already at the version.
+if ! "$SAM_VENV/bin/sam" --version 2>/dev/null | grep -q "$SAM_VERSION"; then
+  "$PY312" -m venv "$SAM_VENV"
+  echo '*' > "$SAM_VENV/.gitignore"
+  "$SAM_VENV/bin/pip" install --quiet --disable-pip-version-check "aws-sam-cli==$SAM_VERSION"
+fi
+# The offline SAM transform in the project's venv (cfn-lint is there already).
+"$VENV/bin/python" -c "import samtranslator" 2>/dev/null \
+  || "$VENV/bin/pip" install --quiet --disable-pip-version-check "aws-sam-translator==1.115.0"
+
+echo "== validate template.yaml (SAM transform + cfn-lint)"
+"$VENV/bin/python" infra/validate_template.py
+
+echo "== sam build (zip functions + provider layer; the image function needs Docker)"
+export SAM_CLI_TELEMETRY=0
+PATH="$(dirname "$PY312"):$PATH" "$SAM_VENV/bin/python" infra/sam_build.py
+
+echo "== layer budget"
+"$VENV/bin/python" infra/check_layer_size.py .aws-sam/build
