@@ -5,7 +5,15 @@
 set -euo pipefail
 
 VENV=${VENV:-.venv}
-PY312=${PY312:-$(command -v python3.12 || echo "$HOME/.pyenv/versions/3.12.1/bin/python3.12")}
+# A real python3.12 (pyenv's shims fail when 3.12 is not the selected version).
+PY312=${PY312:-}
+if [ -z "$PY312" ]; then
+  for candidate in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python3.12 \
+                   "$(command -v python3.12 || true)"; do
+    if [ -n "$candidate" ] && "$candidate" -c "" 2>/dev/null; then PY312=$candidate; break; fi
+  done
+fi
+[ -n "$PY312" ] || { echo "error: sam build needs python3.12 (pyenv install 3.12)" >&2; exit 1; }
 SAM_VENV=.venv-sam
 SAM_VERSION=1.170.0
 

@@ -92,7 +92,7 @@ def test_every_app_route_reaches_its_function(template: Template, function: str)
     assert routes, f"{function} serves no route"
     for method, path in routes:
         owner = CORE_ROUTES_FUNCTION if path in ("/v1/health", "/v1/version") else function
-        route, params = match_route(template.routes(), method, _concrete(path))
+        route, _ = match_route(template.routes(), method, _concrete(path))
         assert route is not None, f"{method} {path} has no route in template.yaml"
         assert route.function == owner, f"{method} {path} goes to {route.function}, not {owner}"
         assert route.path != CATCH_ALL, f"{method} {path} only reaches the catch-all 404 route"
