@@ -88,7 +88,8 @@ def translate(
 
 def lint(template: dict[str, Any], region: str = "us-east-1") -> list[Any]:
     """cfn-lint findings for a plain CloudFormation template."""
-    from cfnlint.api import ManualArgs, lint as cfn_lint
+    from cfnlint.api import ManualArgs
+    from cfnlint.api import lint as cfn_lint
 
     return list(cfn_lint(json.dumps(template), config=ManualArgs(regions=[region])))
 
