@@ -15,6 +15,7 @@ imported when the model is first loaded, never at top level.
       onnx_path: null                   # prebuilt graph (Lambda: inside the layer)
       max_batch_size: 32
       intra_op_threads: null            # onnxruntime's default: one per physical core
+      int8: false                       # quantized graph: ~2x faster, approximate
 """
 
 from __future__ import annotations
@@ -91,6 +92,9 @@ class OnnxEmbeddingsConfig(BaseModel):
     max_batch_size: int = Field(default=32, ge=1, le=MAX_INPUTS)
     # None lets onnxruntime pick (one thread per physical core).
     intra_op_threads: int | None = Field(default=None, ge=1)
+    # Serve an int8-quantized graph: about 2x the throughput on CPU, but vectors are
+    # approximate (cosine ~0.99 to the float model's). Off by default.
+    int8: bool = False
     # Load the session when the app starts (Lambda's init phase) instead of on the
     # first request.
     preload: bool = False
@@ -190,9 +194,12 @@ def _fingerprint(model_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def default_graph_path(model_dir: Path, cache_dir: Path, model_id: str) -> Path:
+def default_graph_path(
+    model_dir: Path, cache_dir: Path, model_id: str, *, int8: bool = False
+) -> Path:
     safe_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_id)
-    return cache_dir / "onnx" / f"{safe_id}-{_fingerprint(model_dir)}.onnx"
+    variant = "-int8" if int8 else ""
+    return cache_dir / "onnx" / f"{safe_id}-{_fingerprint(model_dir)}{variant}.onnx"
 
 
 @contextlib.contextmanager
@@ -211,7 +218,7 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def ensure_graph(path: Path, model_dir: Path) -> Path:
+def ensure_graph(path: Path, model_dir: Path, *, int8: bool = False) -> Path:
     """Return ``path``, exporting the graph there first if it is missing.
 
     Two processes starting together (two workers, two test runs) take a file lock, so
@@ -231,7 +238,7 @@ def ensure_graph(path: Path, model_dir: Path) -> Path:
         if not path.is_file():
             from providers.inference.onnx_export import export_onnx
 
-            export_onnx(path, model_dir)
+            export_onnx(path, model_dir, int8=int8)
     return path
 
 
@@ -304,12 +311,14 @@ class OnnxEmbeddingsProvider:
             self.graph_path = config.onnx_path.expanduser()
         else:
             cache = (config.cache_dir or ctx.cache_dir).expanduser()
-            self.graph_path = default_graph_path(self.model_dir, cache, config.model_id)
+            self.graph_path = default_graph_path(
+                self.model_dir, cache, config.model_id, int8=config.int8
+            )
         self._runtime: _Runtime | None = None
         self._load_lock = asyncio.Lock()
 
     def _load(self) -> _Runtime:
-        graph = ensure_graph(self.graph_path, self.model_dir)
+        graph = ensure_graph(self.graph_path, self.model_dir, int8=self.config.int8)
         return _Runtime(graph, self.model_dir, self.info, self.config)
 
     async def _get_runtime(self) -> _Runtime:

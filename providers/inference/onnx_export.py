@@ -202,11 +202,14 @@ def load_sentence_bert(model_dir: Path | None = None) -> SentenceBert:
     return model.eval()
 
 
-def export_onnx(out: Path, model_dir: Path | None = None, *, optimize: bool = True) -> Path:
+def export_onnx(
+    out: Path, model_dir: Path | None = None, *, optimize: bool = True, int8: bool = False
+) -> Path:
     """Export the graph to ``out`` atomically (temp file in the same folder, then rename).
 
     With ``optimize`` the saved graph is already fused (see `_optimize`), which makes
-    it faster and saves every cold start the fusion work.
+    it faster and saves every cold start the fusion work. ``int8`` quantizes it too
+    (see `_quantize_int8`): about twice as fast, but no longer exact.
     """
     model = load_sentence_bert(model_dir)
     out = Path(out)
@@ -240,6 +243,9 @@ def export_onnx(out: Path, model_dir: Path | None = None, *, optimize: bool = Tr
         if optimize:
             _optimize(raw, final, model.args)
         else:
+            raw.replace(final)
+        if int8:
+            _quantize_int8(final, raw)
             raw.replace(final)
         final.replace(out)
     finally:
@@ -285,6 +291,37 @@ def _optimize(src: Path, dst: Path, args: BertArgs) -> None:
     fused.save_model_to_file(str(dst))
 
 
+def _quantize_int8(src: Path, dst: Path) -> None:
+    """Dynamic int8 quantization of every weight matrix (per output channel).
+
+    Activations are quantized per batch at run time, so no calibration set is needed.
+    On AVX2 CPUs it runs about twice as fast as float32 and the file is 40% smaller,
+    but vectors drift from the float model (cosine ~0.99 rather than ~1.0), which is
+    why it is opt-in: rankings mostly hold, exact scores do not.
+    """
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # The quantizer logs (on the root logger) a recommendation to run its shape-inference
+    # pre-processing, which the fused graph does not need: silence it for this call.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul", "Attention"],
+            # Fused com.microsoft ops defeat the quantizer's type inference: all float32.
+            extra_options={"DefaultTensorType": 1},
+        )
+    finally:
+        root.setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m providers.inference.onnx_export",
@@ -300,10 +337,15 @@ def main(argv: list[str] | None = None) -> int:
         "$FNSTACK_CACHE_DIR or ~/.cache/fnstack)",
     )
     parser.add_argument("--no-optimize", action="store_true", help="save the raw export")
+    parser.add_argument(
+        "--int8", action="store_true", help="quantize to int8 (faster, approximate; opt-in)"
+    )
     args = parser.parse_args(argv)
     model_dir = args.model_dir or bundled_model_dir()
-    out = args.out or default_graph_path(model_dir, default_cache_dir(), DEFAULT_MODEL_ID)
-    path = export_onnx(out, model_dir, optimize=not args.no_optimize)
+    out = args.out or default_graph_path(
+        model_dir, default_cache_dir(), DEFAULT_MODEL_ID, int8=args.int8
+    )
+    path = export_onnx(out, model_dir, optimize=not args.no_optimize, int8=args.int8)
     print(path)
     return 0
 
