@@ -24,7 +24,8 @@ def emulated_gateway(
     tmp: Path, *, env: Mapping[str, str] | None = None, args: list[str] | None = None
 ) -> Iterator[str]:
     """Start the gateway on a free port; yields its base URL (ending in /v1)."""
-    base_env = {"FNSTACK_HOME": str(tmp / "home")}
+    # The torch model is served in-process (on AWS it lives in the container function).
+    base_env = {"FNSTACK_HOME": str(tmp / "home"), "FNSTACK_INLINE_LLM": "1"}
     with FnstackServer(
         ["gateway", "--emulate-aws", "--template", str(TEMPLATE), *(args or [])],
         env={**base_env, **(env or {})},
