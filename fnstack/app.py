@@ -304,9 +304,23 @@ def _walk(routes: Iterable[Any]) -> Iterable[Any]:
 
 
 def route_table(app: FastAPI) -> list[dict[str, Any]]:
-    """Every route as {route, method, api} for /v1/inspect/routes."""
+    """Every route of the deployment as {route, method, api}, for /v1/inspect/routes.
+
+    On Lambda each function serves one API group, yet the answer must cover them all:
+    the table comes from every API the config enables, not only this app's own routes.
+    """
+    full = FastAPI()
+    from fnstack.routes import admin
+
+    full.include_router(admin.health_router)
+    modules: list[str] = []
+    for api in _served_apis(app.state.stack.config, None):
+        module = ROUTERS.get(api)
+        if module and module not in modules:
+            modules.append(module)
+            full.include_router(importlib.import_module(module).router)
     out = []
-    for r in _walk(app.routes):
+    for r in _walk(full.routes):
         path = getattr(r, "path", None)
         methods = getattr(r, "methods", None)
         if not path or not methods or not path.startswith("/v1"):

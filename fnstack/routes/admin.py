@@ -11,7 +11,7 @@ from fnstack.errors import NotFoundError
 from fnstack.stack import Stack
 
 health_router = APIRouter(tags=["core"])
-router = APIRouter(tags=["providers"])
+router = APIRouter()
 
 _SECRET_WORDS = ("key", "secret", "token", "password", "credential")
 
@@ -59,13 +59,13 @@ def _info(stack: Stack, provider_id: str) -> dict[str, Any]:
     }
 
 
-@router.get("/v1/providers")
+@router.get("/v1/providers", tags=["providers"])
 async def list_providers(request: Request) -> dict[str, Any]:
     stack = _stack(request)
     return {"object": "list", "data": [_info(stack, pid) for pid in stack.providers]}
 
 
-@router.get("/v1/providers/{provider_id}")
+@router.get("/v1/providers/{provider_id}", tags=["providers"])
 async def get_provider(provider_id: str, request: Request) -> dict[str, Any]:
     stack = _stack(request)
     if provider_id not in stack.providers:
