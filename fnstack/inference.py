@@ -448,7 +448,11 @@ class _Assembler:
                 if tc.id:
                     slot["id"] = tc.id
                 if tc.function is not None:
-                    slot["name"] += tc.function.name or ""
+                    # OpenAI sends a call's name once, in its first delta; llama.cpp
+                    # repeats it in every delta. Append only what is new.
+                    name = tc.function.name or ""
+                    if name != slot["name"]:
+                        slot["name"] += name
                     slot["arguments"] += tc.function.arguments or ""
             if c.finish_reason is not None:
                 self.finish[c.index] = c.finish_reason

@@ -5,6 +5,10 @@
 emulated API Gateway on moto-emulated DynamoDB/S3/SQS created from template.yaml.
 Tests get ``api`` (a live server: base_url + mode), ``client`` (the official openai
 SDK) and ``http`` (httpx, for calls the SDK does not have).
+
+One real llama.cpp server (SmolLM2 GGUF) starts first, for the whole session, and every
+mode gets its URL as ``FNSTACK_OPENAI_BASE_URL``: the ``remote::openai`` provider
+``openai`` then serves its model next to the inline ones.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import httpx
 import openai
 import pytest
 
+from tests.support.llamacpp import LlamaCppServer
 from tests.support.servers import FnstackServer
 
 MODES = ("local", "gateway")
@@ -43,26 +48,35 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("api", modes, indirect=True, scope="session")
 
 
-def _local(tmp: Path) -> Iterator[LiveApi]:
-    env = {"FNSTACK_HOME": str(tmp / "home")}
+@pytest.fixture(scope="session")
+def llamacpp() -> Iterator[LlamaCppServer]:
+    """The real OpenAI-compatible upstream behind ``remote::openai`` in every mode."""
+    with LlamaCppServer() as server:
+        yield server
+
+
+def _local(tmp: Path, upstream: dict[str, str]) -> Iterator[LiveApi]:
+    env = {"FNSTACK_HOME": str(tmp / "home"), **upstream}
     with FnstackServer(["run", "local"], env=env, log_path=tmp / "server.log") as server:
         yield LiveApi("local", server.base_url)
 
 
-def _gateway(tmp: Path) -> Iterator[LiveApi]:
+def _gateway(tmp: Path, upstream: dict[str, str]) -> Iterator[LiveApi]:
     from tests.support.gateway import emulated_gateway
 
-    with emulated_gateway(tmp) as base_url:
+    with emulated_gateway(tmp, env=upstream) as base_url:
         yield LiveApi("gateway", base_url)
 
 
 @pytest.fixture(scope="session")
-def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
-    LiveApi
-]:
+def api(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    llamacpp: LlamaCppServer,
+) -> Iterator[LiveApi]:
     tmp = tmp_path_factory.mktemp(f"api-{request.param}")
     starter = _local if request.param == "local" else _gateway
-    yield from starter(tmp)
+    yield from starter(tmp, {"FNSTACK_OPENAI_BASE_URL": llamacpp.base_url})
 
 
 @pytest.fixture
