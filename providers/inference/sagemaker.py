@@ -56,7 +56,7 @@ from fnstack.errors import (
     UpstreamTimeoutError,
 )
 from fnstack.spec import Api, ProviderContext, ProviderModel, ProviderSpec
-from providers.inference.bedrock import (
+from providers.inference._aws import (
     RelayedStream,
     ThreadedEventStream,
     aws_client_config,
