@@ -533,7 +533,8 @@ def test_every_answered_completion_is_stored_under_load(
                 max_tokens=4, metadata={"load": run}, stream=i % 5 == 0,  # type: ignore[arg-type]
             )
             if i % 5 == 0:
-                return str([c for c in chunks_or_answer][0].id)
+                first, *_ = list(chunks_or_answer)  # read to the end: then it is stored
+                return str(first.id)
             return str(chunks_or_answer.id)
         except openai.APIError:
             return None
