@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from pathlib import Path
 
@@ -14,13 +14,13 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("gguf")
 
-from providers.inference.llama import (  # noqa: E402
+from providers.inference.llama import (
     ContextLengthError,
     Engine,
     GenerationDelta,
     SamplingParams,
 )
-from providers.inference.llama.gguf_loader import cache_path_for  # noqa: E402
+from providers.inference.llama.gguf_loader import cache_path_for
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -74,9 +74,11 @@ async def chat(engine: Engine, messages: list[dict[str, str]], **params: object)
     return text_of(await collect(engine, prompt, SamplingParams(**params)))  # type: ignore[arg-type]
 
 
-async def wait_idle(engine: Engine, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while engine.num_active and time.monotonic() < deadline:
+async def poll(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    """Wait until condition() holds (the engine's worker thread updates it)."""
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return
         await asyncio.sleep(0.01)
 
 
@@ -228,7 +230,7 @@ async def test_cancelling_a_stream_frees_its_slot(engine: Engine) -> None:
         async for _ in stream:
             assert engine.num_active == 1
             break
-    await wait_idle(engine)
+    await poll(lambda: engine.num_active == 0)
     assert engine.num_active == 0
 
     # Cancelling the consuming task frees the slot too.
@@ -237,13 +239,12 @@ async def test_cancelling_a_stream_frees_its_slot(engine: Engine) -> None:
             pass
 
     task = asyncio.create_task(consume())
-    while engine.decode_steps == 0 or engine.num_active == 0:
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0.2)
+    steps = engine.decode_steps
+    await poll(lambda: engine.decode_steps > steps + 3)  # it is decoding
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await wait_idle(engine)
+    await poll(lambda: engine.num_active == 0)
     assert engine.num_active == 0
     # The engine still serves afterwards.
     assert "Paris" in await chat(engine, QUESTION, temperature=0, max_tokens=20)

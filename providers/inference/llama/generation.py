@@ -215,6 +215,7 @@ class Engine:
         device: str | torch.device | None = None,
         *,
         dtype: torch.dtype | None = None,
+        quantize: bool | None = None,
         max_batch_size: int = 8,
         max_seq_len: int | None = 4096,
         prefill_chunk: int = 512,
@@ -224,15 +225,20 @@ class Engine:
     ) -> Engine:
         """Load a GGUF model. Blocking (seconds); from async code use ``asyncio.to_thread``.
 
-        CUDA in bfloat16 when available, else CPU in float32 (bf16 matmuls are slower
-        than fp32 on most CPUs). ``max_seq_len`` caps the GGUF's context length: the KV
-        cache is preallocated for ``max_batch_size`` sequences of that length.
+        CUDA in bfloat16 when available, else CPU in float32. On CPU, ``quantize``
+        (default on) keeps 4-bit GGUF weights 4-bit for torch's int4 kernel: decode is
+        memory-bound and reads 8x fewer weight bytes than float32. With
+        ``quantize=False`` the CPU runs plain float32 matmuls, the exact reference math.
+        ``max_seq_len`` caps the GGUF's context length: the KV cache is preallocated
+        for ``max_batch_size`` sequences of that length.
         """
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         device = torch.device(device)
         if dtype is None:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        if quantize is None:
+            quantize = device.type == "cpu" and dtype == torch.float32
         if num_threads is not None:
             torch.set_num_threads(num_threads)
         gguf = load_gguf(gguf_path, Path(cache_dir) if cache_dir else None, use_cache)
@@ -244,7 +250,7 @@ class Engine:
             vocab_size=tokenizer.get_vocab_size(),
             max_seq_len=max_seq_len,
         )
-        model = Transformer.from_weights(args, gguf.weights, dtype, device)
+        model = Transformer.from_weights(args, gguf.weights, dtype, device, quantize=quantize)
         model.setup_cache(max_batch_size)
         eos: set[int] = set()
         if (eos_id := meta.get("tokenizer.ggml.eos_token_id")) is not None:
