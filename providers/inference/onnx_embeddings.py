@@ -71,7 +71,7 @@ __all__ = [
 DEFAULT_MODEL_ID = "all-MiniLM-L6-v2"
 # Bump when the exported graph changes (inputs, outputs, fusions): old cache files are
 # then ignored rather than served.
-GRAPH_FORMAT = 1
+GRAPH_FORMAT = 2
 # OpenAI's own limit on inputs per request; it also bounds the memory one request takes.
 MAX_INPUTS = 2048
 

@@ -320,5 +320,26 @@ async def test_lambda_layout_needs_no_safetensors(graph: Path, tmp_path: Path) -
 
 
 def test_export_leaves_only_the_graph(graph: Path) -> None:
-    names = sorted(p.name for p in graph.parent.iterdir())
+    names = sorted(p.name for p in graph.parent.iterdir() if "int8" not in p.name)
     assert names == [graph.name, graph.name + ".lock"]
+    assert graph.stat().st_mode & 0o777 == 0o644  # readable by the serving user
+    assert graph.stat().st_size < 50_000_000  # float16 storage: half of the 90 MB
+
+
+async def test_int8_graph_is_close_and_opt_in(
+    provider: OnnxEmbeddingsProvider, cache_dir: Path
+) -> None:
+    ctx = ProviderContext(provider_id="minilm-int8", cache_dir=cache_dir)
+    quantized = await create(OnnxEmbeddingsConfig(int8=True), ctx)
+    assert quantized.graph_path != provider.graph_path
+    exact = vectors(await embed(provider, SENTENCES))
+    approx = vectors(await embed(quantized, SENTENCES))
+    for text, e, a in zip(SENTENCES, exact, approx, strict=True):
+        assert cosine(e, a) > 0.97, text
+    cat, kitten, stocks = (
+        approx[0],
+        vectors(await embed(quantized, "A kitten on a rug."))[0],
+        approx[3],
+    )
+    assert cosine(cat, kitten) > cosine(cat, stocks)
+    await quantized.shutdown()
