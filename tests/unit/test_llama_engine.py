@@ -21,6 +21,7 @@ from providers.inference.llama import (
     SamplingParams,
 )
 from providers.inference.llama.gguf_loader import cache_path_for
+from providers.inference.llama.model import Int4Linear
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -93,6 +94,11 @@ def test_weight_cache_written_and_second_load_faster(
     assert load_times["warm"] < load_times["cold"]
 
 
+def test_cpu_default_keeps_4bit_weights_4bit(engine: Engine) -> None:
+    packed = [m for m in engine.model.modules() if isinstance(m, Int4Linear)]
+    assert len(packed) == 4 * engine.args.n_layers  # wqkv, wo, w13, w2 of every layer
+
+
 def test_args_from_gguf(engine: Engine) -> None:
     a = engine.args
     assert (a.dim, a.n_layers, a.n_heads, a.n_kv_heads) == (576, 30, 9, 3)
@@ -134,6 +140,32 @@ def test_chat_template_from_gguf(engine: Engine) -> None:
     )
 
 
+def test_chat_template_gets_tools_and_can_raise() -> None:
+    from providers.inference.llama import ChatTemplateError
+    from providers.inference.llama.chat_format import ChatFormat
+
+    template = (
+        "{% if messages[0]['role'] != 'user' %}{{ raise_exception('user first') }}{% endif %}"
+        "{{ bos_token }}{% for t in tools or [] %}[{{ t['function']['name'] }}]{% endfor %}"
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    fmt = ChatFormat(template, bos_token="<s>")
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+    parts = [{"type": "text", "text": "hi "}, {"type": "text", "text": "there"}]
+    out = fmt.render([{"role": "user", "content": parts}], tools=tools)
+    assert out == "<s>[get_weather]<user>hi there<assistant>"
+    with pytest.raises(ChatTemplateError, match="user first"):
+        fmt.render([{"role": "assistant", "content": "x"}])
+    # The sandbox refuses attribute games a hostile template could play.
+    evil = ChatFormat("{{ messages.__class__.__mro__ }}")
+    with pytest.raises(ChatTemplateError):
+        evil.render([{"role": "user", "content": "x"}])
+    # No template in the GGUF: ChatML.
+    chatml = ChatFormat(None).render([{"role": "user", "content": "hi"}])
+    assert chatml == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+
+
 # -- generation -----------------------------------------------------------------------
 
 
@@ -147,6 +179,23 @@ async def test_greedy_answers_paris(engine: Engine) -> None:
     assert final.usage is not None and final.usage.prompt_tokens > 10
     assert final.usage.completion_tokens == sum(len(d.token_ids) for d in deltas) + 1  # + eos
     assert "<|im_end|>" not in text_of(deltas)
+
+
+async def test_float32_reference_math_agrees(cache_dir: Path) -> None:
+    """The int4 CPU kernel path answers as the plain float32 matmuls do."""
+    ref = await asyncio.to_thread(
+        Engine.load,
+        _gguf_path(),
+        max_seq_len=512,
+        max_batch_size=1,
+        cache_dir=cache_dir,
+        quantize=False,
+    )
+    try:
+        assert not any(isinstance(m, Int4Linear) for m in ref.model.modules())
+        assert "Paris" in await chat(ref, QUESTION, temperature=0, max_tokens=20)
+    finally:
+        await ref.close()
 
 
 async def test_greedy_is_deterministic(engine: Engine) -> None:

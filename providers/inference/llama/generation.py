@@ -24,6 +24,7 @@ import os
 import queue
 import secrets
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ import torch
 
 from .args import ModelArgs
 from .chat_format import ChatFormat
-from .gguf_loader import LoadStats, load_gguf
+from .gguf_loader import LoadStats, cache_path_for, load_gguf, read_cache, write_cache
 from .model import Transformer
 from .tokenizer import IncrementalDecoder, token_bytes, tokenizer_from_gguf
 
@@ -241,16 +242,30 @@ class Engine:
             quantize = device.type == "cpu" and dtype == torch.float32
         if num_threads is not None:
             torch.set_num_threads(num_threads)
-        gguf = load_gguf(gguf_path, Path(cache_dir) if cache_dir else None, use_cache)
-        meta = gguf.metadata
+        cache = Path(cache_dir) if cache_dir else None
+        start = time.perf_counter()
+        # On CPU the finished int4 layout is cached too: repacking takes seconds.
+        packed_file = None
+        if quantize and use_cache:
+            packed_file = cache_path_for(Path(gguf_path).expanduser().resolve(), cache, "int4")
+        cached = read_cache(packed_file) if packed_file else None
+        if cached is not None:
+            meta, weights = cached
+            stats = LoadStats(time.perf_counter() - start, True, packed_file)
+        else:
+            gguf = load_gguf(gguf_path, cache, use_cache)
+            meta, weights, stats = gguf.metadata, gguf.weights, gguf.stats
         tokenizer = tokenizer_from_gguf(meta)
         args = ModelArgs.from_gguf_metadata(
             meta,
-            tie_embeddings="output.weight" not in gguf.weights,
+            tie_embeddings="output.weight" not in weights,
             vocab_size=tokenizer.get_vocab_size(),
             max_seq_len=max_seq_len,
         )
-        model = Transformer.from_weights(args, gguf.weights, dtype, device, quantize=quantize)
+        model = Transformer.from_weights(args, weights, dtype, device, quantize=quantize)
+        del weights
+        if packed_file is not None and cached is None:
+            write_cache(packed_file, model.cacheable_state(), meta)
         model.setup_cache(max_batch_size)
         eos: set[int] = set()
         if (eos_id := meta.get("tokenizer.ggml.eos_token_id")) is not None:
@@ -260,12 +275,14 @@ class Engine:
             if tid is not None:
                 eos.add(tid)
         logger.info(
-            "loaded %s in %.2fs (%s cache) on %s/%s",
-            gguf.path.name,
-            gguf.stats.seconds,
-            "warm" if gguf.stats.from_cache else "cold",
+            "loaded %s in %.2fs (weights %.2fs from a %s cache) on %s/%s%s",
+            Path(gguf_path).name,
+            time.perf_counter() - start,
+            stats.seconds,
+            "warm" if stats.from_cache else "cold",
             device,
             dtype,
+            " with int4 weights" if quantize else "",
         )
         return cls(
             model,
@@ -274,7 +291,7 @@ class Engine:
             eos_ids=frozenset(eos),
             max_batch_size=max_batch_size,
             prefill_chunk=prefill_chunk,
-            load_stats=gguf.stats,
+            load_stats=stats,
         )
 
     # -- public API ----------------------------------------------------------------

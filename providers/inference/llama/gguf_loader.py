@@ -90,12 +90,26 @@ class GGUFModel:
     stats: LoadStats
 
 
-def cache_path_for(gguf_path: Path, cache_dir: Path | None = None) -> Path:
+def cache_path_for(gguf_path: Path, cache_dir: Path | None = None, variant: str = "f32") -> Path:
+    """Cache file of one GGUF (path + size + mtime) in one layout (``variant``)."""
     st = gguf_path.stat()
     key = f"{_CACHE_FORMAT}|{gguf_path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:24]
     directory = (cache_dir or default_cache_dir()) / "weights"
-    return directory / f"{gguf_path.stem}-{digest}.safetensors"
+    return directory / f"{gguf_path.stem}-{digest}.{variant}.safetensors"
+
+
+def read_cache(cache_file: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+    """(GGUF metadata, tensors) from a cache file; None when absent or unreadable."""
+    if not cache_file.is_file():
+        return None
+    try:
+        with safe_open(str(cache_file), framework="pt") as f:
+            header = f.metadata() or {}
+        return json.loads(header["gguf_metadata"]), load_file(str(cache_file))
+    except Exception as exc:  # a truncated/corrupt cache is rebuilt, never fatal
+        logger.warning("ignoring unreadable weight cache %s: %s", cache_file, exc)
+        return None
 
 
 def read_metadata(reader: GGUFReader) -> dict[str, Any]:
@@ -133,28 +147,20 @@ def load_gguf(
     if not gguf_path.is_file():
         raise FileNotFoundError(f"GGUF model file not found: {gguf_path}")
     cache_file = cache_path_for(gguf_path, cache_dir) if use_cache else None
-    if cache_file is not None and cache_file.is_file():
-        try:
-            with safe_open(str(cache_file), framework="pt") as f:
-                header = f.metadata() or {}
-            metadata = json.loads(header["gguf_metadata"])
-            weights = load_file(str(cache_file))
-            stats = LoadStats(time.perf_counter() - start, True, cache_file)
-            return GGUFModel(gguf_path, metadata, weights, stats)
-        except Exception as exc:  # a truncated/corrupt cache is rebuilt, never fatal
-            logger.warning("ignoring unreadable weight cache %s: %s", cache_file, exc)
+    if cache_file is not None and (cached := read_cache(cache_file)) is not None:
+        metadata, weights = cached
+        stats = LoadStats(time.perf_counter() - start, True, cache_file)
+        return GGUFModel(gguf_path, metadata, weights, stats)
     reader = GGUFReader(gguf_path)
     metadata = read_metadata(reader)
     weights = dequantize_weights(reader)
     if cache_file is not None:
-        _save_atomically(weights, metadata, cache_file)
+        write_cache(cache_file, weights, metadata)
     stats = LoadStats(time.perf_counter() - start, False, cache_file)
     return GGUFModel(gguf_path, metadata, weights, stats)
 
 
-def _save_atomically(
-    weights: dict[str, torch.Tensor], metadata: dict[str, Any], target: Path
-) -> None:
+def write_cache(target: Path, weights: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
     # Write to a temp file then rename, so a concurrent or interrupted writer never
     # leaves a half-written cache that a later load would trust.
     try:

@@ -307,13 +307,8 @@ class Transformer(nn.Module):
         """
         count = 0
         for layer in self.layers:
-            assert isinstance(layer, TransformerBlock)
-            for owner, name in (
-                (layer.attention, "wqkv"),
-                (layer.attention, "wo"),
-                (layer.feed_forward, "w13"),
-                (layer.feed_forward, "w2"),
-            ):
+            for owner, path in _projections(layer):
+                name = path.rsplit(".", 1)[1]
                 linear = getattr(owner, name)
                 if isinstance(linear, nn.Linear):
                     packed = Int4Linear.from_dense(linear.weight)
@@ -409,9 +404,25 @@ class Transformer(nn.Module):
         """
         if quantize and (dtype != torch.float32 or torch.device(device).type != "cpu"):
             raise ValueError("int4 weights are for the CPU, with float32 activations")
-        with torch.device("meta"):
-            model = cls(args)
-        # assign=True adopts the (possibly memory-mapped) tensors instead of copying.
+        # Built on the CPU, not on "meta": the meta device's first use imports
+        # torch._dynamo (2-3 s of a cold start), more than the random init costs.
+        model = cls(args)
+        # A state_dict saved after fuse()/quantize_int4() (the engine's int4 cache)
+        # carries the fused, packed layout: rebuild that layout before loading into it.
+        prefused = any(".wqkv." in k for k in weights)
+        if prefused:
+            model.fuse()
+            for i, layer in enumerate(model.layers):
+                for owner, path in _projections(layer):
+                    key = f"layers.{i}.{path}"
+                    if f"{key}.packed" in weights:
+                        packed = weights[f"{key}.packed"]
+                        scales_zeros = weights[f"{key}.scales_zeros"]
+                        group = packed.shape[1] * 2 // scales_zeros.shape[0]
+                        setattr(
+                            owner, path.rsplit(".", 1)[1], Int4Linear(packed, scales_zeros, group)
+                        )
+        # assign=True adopts the loaded tensors instead of copying into random ones.
         missing, unexpected = model.load_state_dict(weights, strict=False, assign=True)
         if args.tie_embeddings:
             model.output.weight = model.tok_embeddings.weight
@@ -423,9 +434,28 @@ class Transformer(nn.Module):
         model.freqs_cis = precompute_freqs_cis(args.head_dim, args.max_seq_len, args.rope_theta)
         model.requires_grad_(False)
         model.eval()
-        model.fuse()
-        if quantize:
+        if not prefused:
+            model.fuse()
+        if quantize or any(isinstance(m, Int4Linear) for m in model.modules()):
             # Already float32 on the CPU; .to() would also cast the int4 scales.
             model.quantize_int4()
             return model
         return model.to(device=device, dtype=dtype)
+
+    def cacheable_state(self) -> dict[str, torch.Tensor]:
+        """state_dict for a cache file: a tied output weight is stored once."""
+        state = self.state_dict()
+        if self.args.tie_embeddings:
+            state.pop("output.weight", None)
+        return {k: v.contiguous() for k, v in state.items()}
+
+
+def _projections(layer: nn.Module) -> list[tuple[nn.Module, str]]:
+    """The (owner module, dotted path in the layer) of each matrix int4 may replace."""
+    assert isinstance(layer, TransformerBlock)
+    return [
+        (layer.attention, "attention.wqkv"),
+        (layer.attention, "attention.wo"),
+        (layer.feed_forward, "feed_forward.w13"),
+        (layer.feed_forward, "feed_forward.w2"),
+    ]
