@@ -64,7 +64,10 @@ def _local(tmp: Path, upstream: dict[str, str]) -> Iterator[LiveApi]:
 def _gateway(tmp: Path, upstream: dict[str, str]) -> Iterator[LiveApi]:
     from tests.support.gateway import emulated_gateway
 
-    with emulated_gateway(tmp, env=upstream) as base_url:
+    # The template sets FNSTACK_OPENAI_BASE_URL on every function (from a parameter):
+    # only the gateway's --env overrides what a function sees.
+    overrides = [arg for name, value in upstream.items() for arg in ("--env", f"{name}={value}")]
+    with emulated_gateway(tmp, args=overrides) as base_url:
         yield LiveApi("gateway", base_url)
 
 
