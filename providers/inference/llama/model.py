@@ -40,10 +40,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in float32: bf16 sums of squares lose too much precision.
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return xf.type_as(x) * self.weight
+        # x * rsqrt(mean(x^2) + eps) * weight, as one fused op (it accumulates in
+        # float32 for bf16 inputs); seven small ops per norm showed in decode profiles.
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
 def precompute_freqs_cis(head_dim: int, end: int, theta: float) -> torch.Tensor:
