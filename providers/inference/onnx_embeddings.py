@@ -348,8 +348,9 @@ class OnnxEmbeddingsProvider:
                 if self._runtime is None:
                     try:
                         self._runtime = await asyncio.to_thread(self._load)
-                    except (FnstackError, ConfigError):
+                    except FnstackError:
                         raise
+                    # ConfigError too: at request time it is the server's fault, a 500.
                     except Exception as exc:  # onnxruntime/tokenizers/exporter failures
                         raise InternalError(
                             f"could not load embedding model {self.model_id!r} from "
@@ -500,7 +501,10 @@ async def create(config: OnnxEmbeddingsConfig, ctx: ProviderContext) -> OnnxEmbe
             path="onnx_path",
         )
     if config.preload:
-        await provider._get_runtime()
+        try:
+            await provider._get_runtime()
+        except InternalError as exc:  # at start, a bad graph or folder is a config error
+            raise ConfigError(exc.message, path="onnx_path") from exc
     return provider
 
 

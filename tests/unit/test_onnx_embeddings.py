@@ -27,7 +27,7 @@ from fnstack.api.inference import (
     EmbeddingList,
     EmbeddingRequest,
 )
-from fnstack.errors import ConfigError, InvalidRequestError
+from fnstack.errors import ConfigError, InternalError, InvalidRequestError
 from fnstack.spec import ProviderContext, load_spec
 from providers.inference.onnx_embeddings import (
     OnnxEmbeddingsConfig,
@@ -317,6 +317,18 @@ async def test_lambda_layout_needs_no_safetensors(graph: Path, tmp_path: Path) -
     # Without a graph, a folder without weights is a start-up error that says what to do.
     with pytest.raises(ConfigError, match="onnx_export"):
         await create(OnnxEmbeddingsConfig(model_path=layer), ctx)
+
+
+async def test_corrupt_graph_fails_clearly(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"not an onnx graph")
+    ctx = ProviderContext(provider_id="minilm", cache_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"broken\.onnx"):  # at start, with preload
+        await create(OnnxEmbeddingsConfig(onnx_path=bad, preload=True), ctx)
+    lazy = await create(OnnxEmbeddingsConfig(onnx_path=bad), ctx)
+    with pytest.raises(InternalError, match=r"broken\.onnx") as info:  # on first use
+        await embed(lazy, "hello")
+    assert info.value.status == 500
 
 
 def test_export_leaves_only_the_graph(graph: Path) -> None:
