@@ -31,8 +31,17 @@ Usage, from async code (the provider)::
   sequence and frees its slot; ``engine.num_active`` counts running + waiting requests.
 * A non-streaming call is ``"".join(d.text async for d in engine.generate(...))``.
 * ``ChatTemplateError`` (a ValueError) when the model's template rejects the messages.
-* ``Engine.load`` caches dequantized weights under ``$FNSTACK_CACHE_DIR`` (default
-  ``~/.cache/fnstack``); ``engine.load_stats`` tells whether the cache was warm.
+* ``Engine.load(path, device=None, *, dtype=None, quantize=None, max_batch_size=8,
+  max_seq_len=2048, prefill_chunk=512, num_threads=None, cache_dir=None)``: CUDA in
+  bfloat16 when available; on CPU float32 activations with the GGUF's 4-bit weights
+  kept 4-bit (torch's int4 kernel; ``quantize=False`` for plain float32 matmuls).
+  The KV cache is preallocated for ``max_batch_size`` x ``max_seq_len`` tokens.
+* Dequantized weights (and the CPU int4 layout) are cached as safetensors under
+  ``$FNSTACK_CACHE_DIR/weights`` (default ``~/.cache/fnstack``), keyed by the GGUF's
+  path, size and mtime; ``engine.load_stats`` tells whether the cache was warm. An
+  unwritable cache dir (Lambda) only logs a warning.
+* ``engine.args`` (``ModelArgs``: ``max_seq_len``, ``vocab_size``...), ``engine.tokenizer``
+  (a ``tokenizers.Tokenizer``), ``engine.encode()/decode()``, ``engine.eos_ids``.
 """
 
 from __future__ import annotations

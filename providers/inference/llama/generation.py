@@ -218,7 +218,7 @@ class Engine:
         dtype: torch.dtype | None = None,
         quantize: bool | None = None,
         max_batch_size: int = 8,
-        max_seq_len: int | None = 4096,
+        max_seq_len: int | None = 2048,
         prefill_chunk: int = 512,
         num_threads: int | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
