@@ -220,6 +220,11 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def can_export() -> bool:
+    """Whether this environment can build graphs (torch and onnx: build-time only)."""
+    return all(importlib.util.find_spec(name) is not None for name in ("torch", "onnx"))
+
+
 def ensure_graph(path: Path, model_dir: Path, *, int8: bool = False) -> Path:
     """Return ``path``, exporting the graph there first if it is missing.
 
@@ -229,11 +234,11 @@ def ensure_graph(path: Path, model_dir: Path, *, int8: bool = False) -> Path:
     """
     if path.is_file():
         return path
-    if importlib.util.find_spec("torch") is None:
+    if not can_export():
         raise ConfigError(
-            f"the ONNX graph {path} does not exist and torch is not installed to build it: "
-            "run `python -m providers.inference.onnx_export --out PATH` where torch is "
-            "(e.g. at layer build) and set onnx_path to PATH"
+            f"the ONNX graph {path} does not exist and torch and onnx are not both "
+            "installed to build it: run `python -m providers.inference.onnx_export --out "
+            "PATH` where they are (e.g. at layer build) and set onnx_path to PATH"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     with _file_lock(path.with_name(path.name + ".lock")):
@@ -492,10 +497,11 @@ class OnnxEmbeddingsProvider:
 
 async def create(config: OnnxEmbeddingsConfig, ctx: ProviderContext) -> OnnxEmbeddingsProvider:
     provider = OnnxEmbeddingsProvider(config, ctx)
-    if not provider.graph_path.is_file() and importlib.util.find_spec("torch") is None:
+    if not provider.graph_path.is_file() and not can_export():
         # Fail at start, not on the first request: nothing here can build the graph.
         raise ConfigError(
-            f"onnx graph {provider.graph_path} not found and torch is absent to export it; "
+            f"onnx graph {provider.graph_path} not found, and torch and onnx are not both "
+            "installed to export it; "
             "build it with `python -m providers.inference.onnx_export --out PATH` and set "
             "onnx_path",
             path="onnx_path",

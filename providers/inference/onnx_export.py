@@ -7,7 +7,9 @@ returns ``sentence_embedding`` (float32, ``[batch, hidden]``): the BERT encoder,
 pooling over the attention-masked tokens and L2 normalisation, i.e. exactly what
 sentence-transformers' Transformer -> Pooling(mean) -> Normalize modules compute.
 
-Run it at layer-build time (there is no torch in Lambda)::
+It needs torch and onnx (the TorchScript exporter and onnxruntime's optimizer both
+use it): build-time dependencies only. Run it at layer-build time (there is no torch
+in Lambda)::
 
     python -m providers.inference.onnx_export --out build/minilm.onnx
 
@@ -229,7 +231,7 @@ def export_onnx(
     try:
         with torch.inference_mode(), warnings.catch_warnings():
             # The TorchScript exporter is deprecated in favour of dynamo, which needs
-            # onnxscript; this one needs only torch, and it exports BERT faithfully.
+            # onnxscript too; this one needs torch and onnx only, and BERT is plain.
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 model,
@@ -269,25 +271,15 @@ def export_onnx(
 def _optimize(src: Path, dst: Path, args: BertArgs) -> None:
     """Fuse the graph for onnxruntime's CPU kernels and save it to ``dst``.
 
-    onnxruntime's BERT optimizer (a Python tool shipped in the onnxruntime wheel; it
-    needs the ``onnx`` package) fuses each layer's attention into one ``Attention``
-    op (Q/K/V packed in one MatMul), bias+gelu and residual+LayerNorm. Its output
-    uses only standard and ``com.microsoft`` ops, so it is portable across CPUs.
-    Without ``onnx``, onnxruntime's own *extended* level is the fallback: fewer
-    fusions (no attention), still portable (unlike the *all* level, whose layout
-    changes are machine-specific).
+    onnxruntime's BERT optimizer (a Python tool shipped in the onnxruntime wheel)
+    fuses each layer's attention into one ``Attention`` op (Q/K/V packed in one
+    MatMul), bias+gelu and residual+LayerNorm. Its output uses only standard and
+    ``com.microsoft`` ops, so it is portable across CPUs (unlike a graph saved by
+    onnxruntime's own *all* level, whose layout changes are machine-specific).
     """
-    import onnxruntime as ort
+    from onnxruntime.transformers.fusion_options import AttentionMaskFormat, FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
 
-    try:
-        from onnxruntime.transformers.fusion_options import AttentionMaskFormat, FusionOptions
-        from onnxruntime.transformers.optimizer import optimize_model
-    except ImportError:
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        so.optimized_model_filepath = str(dst)
-        ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
-        return
     options = FusionOptions("bert")
     # The default for BERT turns the mask into per-row lengths, which is right only
     # for right padding; the raw 0/1 mask is right for any mask, at no cost here.
