@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 
 from fnstack.api.inference import (
@@ -84,14 +84,15 @@ async def _stream_response(result: AsyncIterator[Any]) -> StreamingResponse:
     )
 
 
-def _json(model: BaseModel) -> JSONResponse:
-    return JSONResponse(model.model_dump(mode="json", exclude_none=True))
+def _json(model: BaseModel) -> Response:
+    # Straight to bytes in pydantic-core: no intermediate dict for json.dumps to walk.
+    return Response(model.model_dump_json(exclude_none=True), media_type="application/json")
 
 
 @router.post("/v1/chat/completions", response_model=None)
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request
-) -> JSONResponse | StreamingResponse:
+) -> Response:
     service = await _service(request)
     result = await service.chat_completion(body, _owner(request))
     if isinstance(result, ChatCompletion):
@@ -102,7 +103,7 @@ async def create_chat_completion(
 @router.post("/v1/completions", response_model=None)
 async def create_completion(
     body: CompletionRequest, request: Request
-) -> JSONResponse | StreamingResponse:
+) -> Response:
     service = await _service(request)
     result = await service.completion(body)
     if isinstance(result, Completion):
@@ -111,7 +112,7 @@ async def create_completion(
 
 
 @router.post("/v1/embeddings", response_model=None)
-async def create_embeddings(body: EmbeddingRequest, request: Request) -> JSONResponse:
+async def create_embeddings(body: EmbeddingRequest, request: Request) -> Response:
     service = await _service(request)
     result: EmbeddingList = await service.embeddings(body)
     return _json(result)
@@ -137,7 +138,7 @@ async def list_chat_completions(
     limit: int = Query(default=20),
     order: Literal["asc", "desc"] = "asc",
     model: str | None = None,
-) -> JSONResponse:
+) -> Response:
     service = await _service(request)
     result: ChatCompletionList = await service.list_chat_completions(
         _owner(request),
@@ -151,7 +152,7 @@ async def list_chat_completions(
 
 
 @router.get("/v1/chat/completions/{completion_id}", response_model=None)
-async def get_chat_completion(completion_id: str, request: Request) -> JSONResponse:
+async def get_chat_completion(completion_id: str, request: Request) -> Response:
     service = await _service(request)
     return _json(await service.get_chat_completion(completion_id, _owner(request)))
 
@@ -163,7 +164,7 @@ async def get_chat_messages(
     after: str | None = None,
     limit: int = Query(default=20),
     order: Literal["asc", "desc"] = "asc",
-) -> JSONResponse:
+) -> Response:
     service = await _service(request)
     result: ChatCompletionMessageList = await service.get_messages(
         completion_id, _owner(request), after=after, limit=limit, order=order
@@ -174,7 +175,7 @@ async def get_chat_messages(
 @router.post("/v1/chat/completions/{completion_id}", response_model=None)
 async def update_chat_completion(
     completion_id: str, body: ChatCompletionUpdate, request: Request
-) -> JSONResponse:
+) -> Response:
     service = await _service(request)
     if body.metadata is not None and len(body.metadata) > 16:
         raise InvalidRequestError("metadata holds at most 16 pairs", param="metadata")
@@ -184,7 +185,7 @@ async def update_chat_completion(
 
 
 @router.delete("/v1/chat/completions/{completion_id}", response_model=None)
-async def delete_chat_completion(completion_id: str, request: Request) -> JSONResponse:
+async def delete_chat_completion(completion_id: str, request: Request) -> Response:
     service = await _service(request)
     result: ChatCompletionDeleted = await service.delete_chat_completion(
         completion_id, _owner(request)
