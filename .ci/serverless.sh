@@ -31,6 +31,9 @@ fi
 echo "== validate template.yaml (SAM transform + cfn-lint)"
 "$VENV/bin/python" infra/validate_template.py
 
+echo "== prebuild the layer's models (ONNX export needs torch: the project's venv)"
+"$VENV/bin/python" infra/prebuild_models.py
+
 echo "== sam build (zip functions + provider layer; the image function needs Docker)"
 export SAM_CLI_TELEMETRY=0
 PATH="$(dirname "$PY312"):$PATH" "$SAM_VENV/bin/python" infra/sam_build.py

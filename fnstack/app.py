@@ -303,8 +303,23 @@ def _walk(routes: Iterable[Any]) -> Iterable[Any]:
             yield r
 
 
+def served_routes(app: FastAPI) -> list[dict[str, Any]]:
+    """This app's own /v1 routes as {route, method, api}."""
+    out = []
+    for r in _walk(app.routes):
+        path = getattr(r, "path", None)
+        methods = getattr(r, "methods", None)
+        if not path or not methods or not path.startswith("/v1"):
+            continue
+        tags = getattr(r, "tags", None) or ["core"]
+        for m in sorted(methods):
+            if m != "HEAD":
+                out.append({"route": path, "method": m, "api": tags[0]})
+    return out
+
+
 def route_table(app: FastAPI) -> list[dict[str, Any]]:
-    """Every route of the deployment as {route, method, api}, for /v1/inspect/routes.
+    """Every route of the deployment, for /v1/inspect/routes.
 
     On Lambda each function serves one API group, yet the answer must cover them all:
     the table comes from every API the config enables, not only this app's own routes.
@@ -319,14 +334,4 @@ def route_table(app: FastAPI) -> list[dict[str, Any]]:
         if module and module not in modules:
             modules.append(module)
             full.include_router(importlib.import_module(module).router)
-    out = []
-    for r in _walk(full.routes):
-        path = getattr(r, "path", None)
-        methods = getattr(r, "methods", None)
-        if not path or not methods or not path.startswith("/v1"):
-            continue
-        tags = getattr(r, "tags", None) or ["core"]
-        for m in sorted(methods):
-            if m != "HEAD":
-                out.append({"route": path, "method": m, "api": tags[0]})
-    return out
+    return served_routes(full)

@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_MODEL_ID",
+    "GRAPH_FILE_NAME",
     "OnnxEmbeddingsConfig",
     "OnnxEmbeddingsProvider",
     "bundled_model_dir",
@@ -64,6 +65,7 @@ __all__ = [
     "default_cache_dir",
     "default_graph_path",
     "ensure_graph",
+    "prebuilt_model_dir",
     "read_model_info",
     "spec",
 ]
@@ -103,6 +105,24 @@ class OnnxEmbeddingsConfig(BaseModel):
 
 
 # --- model files and the graph cache ---------------------------------------------------
+
+
+# A prebuilt model folder (graph included) is looked up here first, by model id: the
+# provider layer ships /opt/fnstack-models/<model_id>/ and the template points
+# FNSTACK_MODELS_DIR at it (see infra/prebuild_models.py).
+MODELS_DIR_ENV = "FNSTACK_MODELS_DIR"
+GRAPH_FILE_NAME = "model.onnx"
+
+
+def prebuilt_model_dir(model_id: str) -> Path | None:
+    """``$FNSTACK_MODELS_DIR/<model_id>`` when it holds a model folder with its graph."""
+    root = os.environ.get(MODELS_DIR_ENV)
+    if not root:
+        return None
+    folder = Path(root).expanduser() / model_id
+    if (folder / "config.json").is_file() and (folder / GRAPH_FILE_NAME).is_file():
+        return folder
+    return None
 
 
 def bundled_model_dir() -> Path:
@@ -329,12 +349,16 @@ class OnnxEmbeddingsProvider:
     def __init__(self, config: OnnxEmbeddingsConfig, ctx: ProviderContext) -> None:
         self.config = config
         self.model_id = config.model_id
-        self.model_dir = (
-            config.model_path.expanduser() if config.model_path else bundled_model_dir()
-        )
+        prebuilt = None if config.model_path else prebuilt_model_dir(config.model_id)
+        if config.model_path:
+            self.model_dir = config.model_path.expanduser()
+        else:
+            self.model_dir = prebuilt or bundled_model_dir()
         self.info = read_model_info(self.model_dir)
         if config.onnx_path:
             self.graph_path = config.onnx_path.expanduser()
+        elif prebuilt is not None and not config.int8:
+            self.graph_path = prebuilt / GRAPH_FILE_NAME
         else:
             cache = (config.cache_dir or ctx.cache_dir).expanduser()
             self.graph_path = default_graph_path(

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from fnstack.app import create_app, route_table
+from fnstack.app import create_app, served_routes
 from fnstack.config import parse_config
 from fnstack.spec import Api
 from fnstack.template import Resolver, Template, load_template, match_route
@@ -73,7 +73,7 @@ def _app_routes(apis: list[Api]) -> list[tuple[str, str]]:
     config = parse_config(yaml.safe_load(MINIMAL_AWS_CONFIG), env={
         "FNSTACK_TABLE": "tbl", "FNSTACK_BUCKET": "bkt", "FNSTACK_QUEUE_URL": "q"})
     app = create_app(config, apis=apis, lifespan=False)
-    return [(r["method"], r["route"]) for r in route_table(app)]
+    return [(r["method"], r["route"]) for r in served_routes(app)]
 
 
 def _concrete(path: str) -> str:

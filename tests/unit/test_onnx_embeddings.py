@@ -355,3 +355,33 @@ async def test_int8_graph_is_close_and_opt_in(
     )
     assert cosine(cat, kitten) > cosine(cat, stocks)
     await quantized.shutdown()
+
+
+async def test_prebuilt_layer_folder_is_used_without_weights(
+    provider: OnnxEmbeddingsProvider, graph: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Lambda's layer ships /opt/fnstack-models/<id>/ with the graph and no safetensors."""
+    from providers.inference.onnx_embeddings import GRAPH_FILE_NAME, bundled_model_dir
+    from providers.inference.onnx_embeddings import create as create_provider
+
+    folder = tmp_path / "models" / MODEL
+    (folder / "1_Pooling").mkdir(parents=True)
+    source = bundled_model_dir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json",
+                 "sentence_bert_config.json", "1_Pooling/config.json"):
+        if (source / name).is_file():
+            shutil.copy2(source / name, folder / name)
+    shutil.copy2(graph, folder / GRAPH_FILE_NAME)
+    assert not (folder / "model.safetensors").exists()
+    monkeypatch.setenv("FNSTACK_MODELS_DIR", str(tmp_path / "models"))
+    ctx = ProviderContext(provider_id="layer", cache_dir=tmp_path / "empty-cache")
+    layered = await create_provider(OnnxEmbeddingsConfig(), ctx)
+    try:
+        assert layered.graph_path == folder / GRAPH_FILE_NAME
+        got = vectors(await embed(layered, SENTENCES[:3]))
+        want = vectors(await embed(provider, SENTENCES[:3]))
+        assert all(cosine(a, b) > 0.9999 for a, b in zip(got, want, strict=True))
+        assert not (tmp_path / "empty-cache").exists()  # nothing exported at run time
+    finally:
+        await layered.shutdown()
