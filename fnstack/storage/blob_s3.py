@@ -14,28 +14,16 @@ no orphan parts keep costing storage::
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import AsyncIterator, Callable
+from contextlib import suppress
 from typing import TYPE_CHECKING, Literal, ParamSpec, TypeVar
 
-import boto3
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
-
-from fnstack.errors import (
-    ConfigError,
-    FnstackError,
-    InternalError,
-    NotFoundError,
-    PayloadTooLargeError,
-    RateLimitError,
-    UpstreamError,
-)
+from fnstack.errors import FnstackError, InternalError, NotFoundError, PayloadTooLargeError
+from fnstack.storage._aws import call, shared_client, translate_client_error
 from fnstack.storage.base import BlobInfo, BlobStore
 
 if TYPE_CHECKING:
-    from mypy_boto3_s3.client import S3Client
+    from botocore.exceptions import ClientError
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
     from fnstack.storage import BlobS3Config
@@ -52,49 +40,21 @@ _MISSING = frozenset({"NoSuchKey", "404", "NotFound"})
 _THROTTLED = frozenset({"SlowDown", "ThrottlingException", "RequestLimitExceeded", "503"})
 
 
-_clients: dict[tuple[str | None, str | None], S3Client] = {}
-_clients_lock = threading.Lock()
-
-
-def _shared_client(config: BlobS3Config) -> S3Client:
-    """One client per region and endpoint for the whole process, never closed.
-
-    Creating an S3 client costs ~0.2 s (service model, endpoint rules), and every
-    prefix opens a store: sharing keeps cold starts short, and a warm Lambda reuses the
-    client and its connection pool. Clients are thread-safe; sessions are not, so each
-    client gets its own session, created under the lock.
-    """
-    where = (config.region, config.endpoint_url)
-    with _clients_lock:
-        if where not in _clients:
-            # Custom endpoints (moto, MinIO, LocalStack) rarely resolve bucket subdomains.
-            addressing: Literal["path", "auto"] = "path" if config.endpoint_url else "auto"
-            try:
-                _clients[where] = boto3.session.Session().client(
-                    "s3",
-                    region_name=config.region,
-                    endpoint_url=config.endpoint_url,
-                    config=Config(
-                        retries={"mode": "standard", "max_attempts": 3},
-                        connect_timeout=5,
-                        read_timeout=60,
-                        s3={"addressing_style": addressing},
-                    ),
-                )
-            except NoRegionError as exc:
-                raise ConfigError(
-                    f"no AWS region for S3 bucket {config.bucket!r}: set the backend's "
-                    "`region` or AWS_REGION",
-                    path="storage.backends",
-                ) from exc
-        return _clients[where]
-
-
 class S3BlobStore(BlobStore):
     def __init__(self, config: BlobS3Config, prefix: str) -> None:
         super().__init__(prefix)
         self.bucket = config.bucket
-        self._client = _shared_client(config)
+        self._resource = f"S3 bucket {config.bucket!r}"
+        # Custom endpoints (moto, MinIO, LocalStack) rarely resolve bucket subdomains.
+        addressing: Literal["path", "auto"] = "path" if config.endpoint_url else "auto"
+        self._client = shared_client(
+            "s3",
+            config.region,
+            config.endpoint_url,
+            resource=self._resource,
+            read_timeout=60,
+            s3_addressing=addressing,
+        )
 
     def _object(self, key: str) -> str:
         return self.prefix + key
@@ -260,33 +220,13 @@ class S3BlobStore(BlobStore):
     # --- the error boundary ------------------------------------------------------------
 
     async def _call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Run one blocking boto3 call in a worker thread, translating its errors."""
-        with self._errors():
-            return await asyncio.to_thread(fn, *args, **kwargs)
-
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except ClientError as exc:
-            raise self._translate(exc) from exc
-        except NoCredentialsError as exc:
-            raise InternalError(
-                f"no AWS credentials to reach S3 bucket {self.bucket!r}; configure the "
-                "function's role or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY",
-                code="aws_no_credentials",
-            ) from exc
-        except BotoCoreError as exc:  # connection refused, timeouts, a body cut short
-            raise UpstreamError(
-                f"cannot reach S3 bucket {self.bucket!r}: {exc}", code="aws_unreachable"
-            ) from exc
+        return await call(self._resource, self._translate, fn, *args, **kwargs)
 
     def _translate(self, exc: ClientError) -> FnstackError:
-        error = exc.response.get("Error", {})
-        code = error.get("Code", "Unknown")
-        message = error.get("Message", "")
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         what = f"S3 {exc.operation_name} in bucket {self.bucket!r}"
+        return translate_client_error(exc, what, throttled=_THROTTLED, claim=self._claim)
+
+    def _claim(self, code: str, message: str, what: str) -> FnstackError | None:
         if code in _MISSING:
             return NotFoundError(f"{what}: no such object")
         if code == "NoSuchBucket":
@@ -295,13 +235,9 @@ class S3BlobStore(BlobStore):
                 "bucket name in storage.backends",
                 code="bucket_not_found",
             )
-        if code in _THROTTLED:
-            return RateLimitError(f"{what} was throttled ({code}); retry shortly")
         if code == "EntityTooLarge":
             return PayloadTooLargeError(f"object too large for {what}")
-        if status >= 500:
-            return UpstreamError(f"{what} failed: {code}: {message}", code=code)
-        return InternalError(f"{what} failed: {code}: {message}", code=code)
+        return None
 
 
 def _etag(value: str | None) -> str | None:

@@ -28,29 +28,16 @@ absent. Every conditional write is one request, so DynamoDB makes it atomic::
 
 from __future__ import annotations
 
-import asyncio
 import math
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
-import boto3
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
-
-from fnstack.errors import (
-    ConfigError,
-    FnstackError,
-    InternalError,
-    PayloadTooLargeError,
-    RateLimitError,
-    UpstreamError,
-)
+from fnstack.errors import FnstackError, InternalError, PayloadTooLargeError
+from fnstack.storage._aws import call, shared_client, translate_client_error
 from fnstack.storage.base import Condition, KVStore, Order, RawRecord
 
 if TYPE_CHECKING:
-    from mypy_boto3_dynamodb.client import DynamoDBClient
+    from botocore.exceptions import ClientError
     from mypy_boto3_dynamodb.type_defs import (
         AttributeValueTypeDef,
         QueryInputTypeDef,
@@ -72,41 +59,6 @@ _THROTTLED = frozenset(
 _LIVE = "(attribute_not_exists(exp) OR exp > :now)"
 
 
-_clients: dict[tuple[str | None, str | None], DynamoDBClient] = {}
-_clients_lock = threading.Lock()
-
-
-def _shared_client(config: KVDynamoDBConfig) -> DynamoDBClient:
-    """One client per region and endpoint for the whole process, never closed.
-
-    Creating a client costs ~0.1 s (it loads the service model), and every namespace
-    opens a store: sharing keeps cold starts short, and a warm Lambda reuses the client
-    and its connection pool across invocations. Clients are thread-safe; sessions are
-    not, so each client gets its own session, created under the lock.
-    """
-    where = (config.region, config.endpoint_url)
-    with _clients_lock:
-        if where not in _clients:
-            try:
-                _clients[where] = boto3.session.Session().client(
-                    "dynamodb",
-                    region_name=config.region,
-                    endpoint_url=config.endpoint_url,
-                    config=Config(
-                        retries={"mode": "standard", "max_attempts": 3},
-                        connect_timeout=5,
-                        read_timeout=10,
-                    ),
-                )
-            except NoRegionError as exc:
-                raise ConfigError(
-                    f"no AWS region for DynamoDB table {config.table!r}: set the backend's "
-                    "`region` or AWS_REGION",
-                    path="storage.backends",
-                ) from exc
-        return _clients[where]
-
-
 class _ConditionFailed(Exception):
     """ConditionalCheckFailedException, before the boundary turns errors into fnstack's."""
 
@@ -115,7 +67,14 @@ class DynamoDBKVStore(KVStore):
     def __init__(self, config: KVDynamoDBConfig, namespace: str) -> None:
         super().__init__(namespace)
         self.table = config.table
-        self._client = _shared_client(config)
+        self._resource = f"DynamoDB table {config.table!r}"
+        self._client = shared_client(
+            "dynamodb",
+            config.region,
+            config.endpoint_url,
+            resource=self._resource,
+            read_timeout=10,
+        )
 
     # --- primitives ------------------------------------------------------------------
 
@@ -268,37 +227,18 @@ class DynamoDBKVStore(KVStore):
     # --- the error boundary ------------------------------------------------------------
 
     async def _call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Run one blocking boto3 call in a worker thread, translating its errors."""
-        with self._errors():
-            return await asyncio.to_thread(fn, *args, **kwargs)
+        return await call(self._resource, self._boundary, fn, *args, **kwargs)
 
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                raise _ConditionFailed from exc
-            raise self._translate(exc) from exc
-        except NoCredentialsError as exc:
-            raise InternalError(
-                f"no AWS credentials to reach DynamoDB table {self.table!r}; configure the "
-                "function's role or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY",
-                code="aws_no_credentials",
-            ) from exc
-        except BotoCoreError as exc:  # connection refused, timeouts, bad endpoint
-            raise UpstreamError(
-                f"cannot reach DynamoDB for table {self.table!r}: {exc}", code="aws_unreachable"
-            ) from exc
+    def _boundary(self, exc: ClientError) -> Exception:
+        if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+            return _ConditionFailed()
+        return self._translate(exc)
 
     def _translate(self, exc: ClientError) -> FnstackError:
-        error = exc.response.get("Error", {})
-        code = error.get("Code", "Unknown")
-        message = error.get("Message", "")
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         what = f"DynamoDB {exc.operation_name} on table {self.table!r}"
-        if code in _THROTTLED:
-            return RateLimitError(f"{what} was throttled ({code}); retry shortly")
+        return translate_client_error(exc, what, throttled=_THROTTLED, claim=self._claim)
+
+    def _claim(self, code: str, message: str, what: str) -> FnstackError | None:
         if code == "ResourceNotFoundException":
             return InternalError(
                 f"DynamoDB table {self.table!r} does not exist (or has no index "
@@ -310,9 +250,7 @@ class DynamoDBKVStore(KVStore):
             return PayloadTooLargeError(
                 f"record too large for {what}: DynamoDB items hold at most 400 KB"
             )
-        if status >= 500:
-            return UpstreamError(f"{what} failed: {code}: {message}", code=code)
-        return InternalError(f"{what} failed: {code}: {message}", code=code)
+        return None
 
 
 def _num(value: float) -> str:
