@@ -72,7 +72,8 @@ class ReferenceConfig(BaseModel):
     # "cuda", "cpu" or empty for CUDA when present.
     device: str | None = None
     max_batch_size: int = Field(default=8, ge=1, le=256)
-    max_seq_len: int = Field(default=4096, ge=64)
+    # The KV cache is preallocated: max_batch_size x max_seq_len (8 x 2048 fp32 ~ 750 MB).
+    max_seq_len: int = Field(default=2048, ge=64)
     num_threads: int | None = Field(default=None, ge=1)
     # Upper bound when a request names no max_tokens.
     default_max_tokens: int = Field(default=1024, ge=1)
