@@ -8,16 +8,20 @@ talks to the same shapes `sam deploy` creates — over real HTTP, through boto3.
         aws.endpoint      # http://127.0.0.1:PORT
         aws.refs          # {"Table": "fnstack-table", "BatchQueue": "http://.../fnstack-BatchQueue"}
         aws.env           # credentials + FNSTACK_AWS_ENDPOINT_URL for the functions
+
+`MotoServer` alone (no resources) is what the storage tests start.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
+import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-import urllib.request
 from types import TracebackType
 from typing import Any
 
@@ -33,25 +37,129 @@ CREDENTIALS = {
     "AWS_SESSION_TOKEN": "testing",
     "AWS_DEFAULT_REGION": REGION,
     "AWS_REGION": REGION,
+    # Never wait on the EC2 metadata service for credentials or a region.
     "AWS_EC2_METADATA_DISABLED": "true",
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+def client(service: str, endpoint: str) -> Any:
+    """A boto3 client for ``service`` on the emulator, with the fake credentials."""
+    return boto3.session.Session().client(
+        service,  # type: ignore[call-overload]
+        endpoint_url=endpoint,
+        region_name=REGION,
+        aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        aws_session_token=CREDENTIALS["AWS_SESSION_TOKEN"],
+    )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
         return port
 
 
+class MotoServer:
+    """moto in server mode as a child process, on a free port unless given one.
+
+    Changes nothing in this process (no environment, no patching): clients get the fake
+    credentials explicitly, see ``client()`` and ``CREDENTIALS``. Use as a context manager.
+    """
+
+    def __init__(
+        self, host: str = "127.0.0.1", *, port: int | None = None, start_timeout: float = 30.0
+    ) -> None:
+        self.host = host
+        self.start_timeout = start_timeout
+        self.port = port
+        self._fixed_port = port is not None
+        self._proc: subprocess.Popen[bytes] | None = None
+        # moto logs every request: a pipe nobody reads would fill up and stall it.
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in __exit__
+
+    @property
+    def endpoint(self) -> str:
+        if self.port is None:
+            raise RuntimeError("MotoServer is not running; call start() first")
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> str:
+        # A free port may be taken between probing and binding: try a few.
+        for _ in range(1 if self._fixed_port else 3):
+            if not self._fixed_port:
+                self.port = free_port(self.host)
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **CREDENTIALS},
+            )
+            if self._wait_ready():
+                return self.endpoint
+            self.stop()
+        self._log.seek(0)
+        raise RuntimeError(
+            "moto server did not start (is moto[server] installed?):\n"
+            f"{self._log.read().decode()[-2000:]}"
+        )
+
+    def _wait_ready(self) -> bool:
+        assert self._proc is not None and self.port is not None
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                return False
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=1)
+            try:
+                conn.request("GET", "/moto-api/data.json")
+                conn.getresponse().read()
+                return True
+            except OSError:
+                time.sleep(0.05)
+            finally:
+                conn.close()
+        return False
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def __enter__(self) -> MotoServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+        self._log.close()
+
+
 class EmulatedAws:
+    """A `MotoServer` holding the template's DynamoDB tables, S3 buckets and SQS queues."""
+
     def __init__(self, template: Template, *, port: int | None = None) -> None:
         self.template = template
-        self.port = port or free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.server = MotoServer(port=port)
         self.refs: dict[str, str] = {}
         self.attrs: dict[tuple[str, str], str] = {}
+
+    @property
+    def endpoint(self) -> str:
+        return self.server.endpoint
 
     @property
     def env(self) -> dict[str, str]:
@@ -62,53 +170,20 @@ class EmulatedAws:
                         region=REGION, account_id=ACCOUNT_ID)
 
     def client(self, service: str) -> Any:
-        return boto3.session.Session().client(
-            service,  # type: ignore[call-overload]
-            endpoint_url=self.endpoint,
-            region_name=REGION,
-            aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-            aws_session_token=CREDENTIALS["AWS_SESSION_TOKEN"],
-        )
+        return client(service, self.endpoint)
 
     def __enter__(self) -> EmulatedAws:
-        self.start()
+        self.server.__enter__()
         try:
             self.create_resources()
         except BaseException:
-            self.stop()
+            self.server.__exit__(None, None, None)
             raise
         return self
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.stop()
-
-    def start(self, timeout: float = 30.0) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("moto server exited at start (is moto[server] installed?)")
-            try:
-                urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise TimeoutError(f"moto server did not answer on {self.endpoint} in {timeout}s")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.server.__exit__(t, e, tb)
 
     # --- resources, in dependency order: queues that others redrive to come first --------
 

@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import struct
 import threading
 import time
@@ -28,6 +27,8 @@ from typing import Any
 
 import uvicorn
 from starlette.responses import Response
+
+from tests.support.fake_openai import free_port
 
 __all__ = [
     "ThreadedServer",
@@ -104,13 +105,6 @@ def aws_error(status: int, error_type: str, body: dict[str, Any]) -> Response:
             "x-amzn-RequestId": "fake-request-id",
         },
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class ThreadedServer:
