@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from fnstack.storage import (
+    BackendConfig,
     BlobS3Config,
     BlobStore,
     KVDynamoDBConfig,
@@ -31,6 +34,7 @@ BUCKET = "fnstack-test"
 
 KVOpener = Callable[[str], KVStore]
 BlobOpener = Callable[[str], BlobStore]
+S = TypeVar("S", KVStore, BlobStore)
 
 
 @pytest.fixture(scope="session")
@@ -50,28 +54,44 @@ def _unique(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:12]}"
 
 
-@pytest.fixture(params=["kv_sqlite", "kv_dynamodb"])
-async def open_kv(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[KVOpener]:
-    """Opens more stores on this test's backend (a second instance, another namespace)."""
-    opened: list[KVStore] = []
-    if request.param == "kv_sqlite":
-        config: KVSqliteConfig | KVDynamoDBConfig = KVSqliteConfig(
-            type="kv_sqlite", db_path=str(tmp_path / "kv.db")
-        )
-    else:
-        server: MotoServer = request.getfixturevalue("moto")
-        config = KVDynamoDBConfig(
-            type="kv_dynamodb", table=TABLE, region=REGION, endpoint_url=server.endpoint
-        )
+@asynccontextmanager
+async def _closing(open_one: Callable[[str], S]) -> AsyncIterator[Callable[[str], S]]:
+    """An opener that remembers each store it opens, and closes them all at the end."""
+    opened: list[S] = []
 
-    def opener(namespace: str) -> KVStore:
-        store = open_kv_store(config, namespace)
+    def opener(name: str) -> S:
+        store = open_one(name)
         opened.append(store)
         return store
 
-    yield opener
-    for store in opened:
-        await store.close()
+    try:
+        yield opener
+    finally:
+        for store in opened:
+            await store.close()
+
+
+def _backend(request: pytest.FixtureRequest, tmp_path: Path) -> BackendConfig:
+    """The backend named by the fixture's param: in ``tmp_path``, or on the moto server."""
+    name: str = request.param
+    if name == "kv_sqlite":
+        return KVSqliteConfig(type="kv_sqlite", db_path=str(tmp_path / "kv.db"))
+    if name == "blob_localfs":
+        return LocalFSConfig(type="blob_localfs", root=str(tmp_path / "blobs"))
+    endpoint = request.getfixturevalue("moto").endpoint
+    if name == "kv_dynamodb":
+        return KVDynamoDBConfig(
+            type="kv_dynamodb", table=TABLE, region=REGION, endpoint_url=endpoint
+        )
+    return BlobS3Config(type="blob_s3", bucket=BUCKET, region=REGION, endpoint_url=endpoint)
+
+
+@pytest.fixture(params=["kv_sqlite", "kv_dynamodb"])
+async def open_kv(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[KVOpener]:
+    """Opens more stores on this test's backend (a second instance, another namespace)."""
+    config = _backend(request, tmp_path)
+    async with _closing(lambda namespace: open_kv_store(config, namespace)) as opener:
+        yield opener
 
 
 @pytest.fixture
@@ -86,25 +106,10 @@ def kv(open_kv: KVOpener, kv_namespace: str) -> KVStore:
 
 @pytest.fixture(params=["blob_localfs", "blob_s3"])
 async def open_blob(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BlobOpener]:
-    opened: list[BlobStore] = []
-    if request.param == "blob_localfs":
-        config: LocalFSConfig | BlobS3Config = LocalFSConfig(
-            type="blob_localfs", root=str(tmp_path / "blobs")
-        )
-    else:
-        server: MotoServer = request.getfixturevalue("moto")
-        config = BlobS3Config(
-            type="blob_s3", bucket=BUCKET, region=REGION, endpoint_url=server.endpoint
-        )
-
-    def opener(prefix: str) -> BlobStore:
-        store = open_blob_store(config, prefix)
-        opened.append(store)
-        return store
-
-    yield opener
-    for store in opened:
-        await store.close()
+    """Opens more stores on this test's backend (a second instance, another prefix)."""
+    config = _backend(request, tmp_path)
+    async with _closing(lambda prefix: open_blob_store(config, prefix)) as opener:
+        yield opener
 
 
 @pytest.fixture
