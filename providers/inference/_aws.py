@@ -1,8 +1,9 @@
 """AWS plumbing shared by the Bedrock and SageMaker providers.
 
 One error boundary (`map_aws_errors`) turning botocore errors into `fnstack.errors`, the
-botocore client configuration, and the thread that relays a boto3 EventStream to the
-event loop (`ThreadedEventStream`) so chunks reach the caller as they arrive.
+boto3 client a provider config describes (`create_client`), and the thread that relays
+a boto3 EventStream to the event loop (`ThreadedEventStream`) so chunks reach the caller
+as they arrive.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import logging
 import threading
 from collections.abc import AsyncGenerator, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 from fnstack.errors import (
+    ConfigError,
     FnstackError,
     InvalidRequestError,
     NotFoundError,
@@ -25,7 +27,14 @@ from fnstack.errors import (
     UpstreamTimeoutError,
 )
 
-__all__ = ["RelayedStream", "ThreadedEventStream", "aws_client_config", "map_aws_errors"]
+__all__ = [
+    "ClientSettings",
+    "RelayedStream",
+    "ThreadedEventStream",
+    "aws_client_config",
+    "create_client",
+    "map_aws_errors",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +144,47 @@ def aws_client_config(
         max_pool_connections=max_connections,
         user_agent_extra="fnstack",
     )
+
+
+class ClientSettings(Protocol):
+    """What a provider config says about its boto3 client."""
+
+    region: str | None
+    endpoint_url: str | None
+    connect_timeout: float
+    read_timeout: float
+    max_attempts: int
+    max_connections: int
+
+
+async def create_client(service: str, config: ClientSettings) -> Any:
+    """A boto3 client for ``service`` (e.g. "bedrock-runtime") as ``config`` says.
+
+    boto3 is imported here, not at the top: cold starts of functions that never call
+    AWS. Client creation reads the service model from disk: it runs in a worker
+    thread, off the event loop.
+    """
+    import boto3
+    from botocore.exceptions import NoRegionError
+
+    def build() -> Any:
+        return boto3.session.Session().client(
+            service,  # type: ignore[call-overload]
+            region_name=config.region,
+            endpoint_url=config.endpoint_url,
+            config=aws_client_config(
+                config.connect_timeout, config.read_timeout, config.max_attempts,
+                config.max_connections,
+            ),
+        )
+
+    try:
+        return await asyncio.to_thread(build)
+    except NoRegionError:
+        raise ConfigError(
+            "no AWS region: set `region` in the provider config, or AWS_REGION",
+            path="config.region",
+        ) from None
 
 
 # --- relaying a blocking event stream -------------------------------------------------

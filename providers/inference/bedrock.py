@@ -69,7 +69,6 @@ from fnstack.api.inference import (
     message_text,
 )
 from fnstack.errors import (
-    ConfigError,
     InvalidRequestError,
     UpstreamError,
 )
@@ -78,6 +77,7 @@ from providers.inference._aws import (
     RelayedStream,
     ThreadedEventStream,
     aws_client_config,
+    create_client,
     map_aws_errors,
 )
 
@@ -624,29 +624,7 @@ async def _completion_chunks(
 
 
 async def _create(config: BedrockConfig, context: ProviderContext) -> BedrockProvider:
-    import boto3  # here, not at the top: cold starts of functions that never call Bedrock
-
-    def build() -> Any:
-        return boto3.session.Session().client(
-            "bedrock-runtime",
-            region_name=config.region,
-            endpoint_url=config.endpoint_url,
-            config=aws_client_config(
-                config.connect_timeout, config.read_timeout, config.max_attempts,
-                config.max_connections,
-            ),
-        )
-
-    # Client creation reads the service model from disk: keep it off the event loop.
-    from botocore.exceptions import NoRegionError
-
-    try:
-        client = await asyncio.to_thread(build)
-    except NoRegionError:
-        raise ConfigError(
-            "no AWS region: set `region` in the provider config, or AWS_REGION",
-            path="config.region",
-        ) from None
+    client = await create_client("bedrock-runtime", config)
     logger.info("bedrock client ready", extra={"models": [m.model_id for m in config.models]})
     return BedrockProvider(config, client)
 

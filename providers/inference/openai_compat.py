@@ -59,6 +59,7 @@ from fnstack.errors import (
     UpstreamTimeoutError,
 )
 from fnstack.spec import Api, ProviderContext, ProviderModel, ProviderSpec
+from providers.inference._sse import QUOTE, SSEEvents, error_fields, finishes, parse_chunk
 
 __all__ = ["OpenAICompatConfig", "OpenAICompatProvider", "spec"]
 
@@ -79,8 +80,6 @@ _RETRY_EXCEPTIONS: tuple[type[Exception], ...] = (
 )
 # How long to wait for the end of a stream's body once [DONE] has arrived.
 _DRAIN_SECONDS = 1.0
-# How much of a non-JSON upstream body to quote in an error message.
-_QUOTE = 300
 
 
 class OpenAICompatConfig(BaseModel):
@@ -150,7 +149,7 @@ def _map_transport_errors(base_url: str) -> Iterator[None]:
 
 def _status_error(status: int, body: bytes, headers: httpx.Headers | None = None) -> FnstackError:
     """The error for an upstream answer with an HTTP error status (or an in-stream error)."""
-    message, param, code = _error_fields(body)
+    message, param, code = error_fields(body)
     keep: dict[str, str] = {}
     if headers is not None:
         keep = {k: headers[k] for k in ("retry-after", "retry-after-ms") if k in headers}
@@ -176,36 +175,6 @@ def _status_error(status: int, body: bytes, headers: httpx.Headers | None = None
     if 400 <= status < 500:
         return InvalidRequestError(f"upstream answered {status}: {message}", param=param, code=code)
     return UpstreamError(f"upstream answered {status}: {message}")
-
-
-def _error_fields(body: bytes) -> tuple[str, str | None, str | None]:
-    """message, param, code of an error body: OpenAI's shape, or the usual variants."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        text = body.decode("utf-8", "replace").strip()
-        return (text[:_QUOTE] or "(empty body)"), None, None
-    err = data.get("error", data) if isinstance(data, dict) else data
-    if isinstance(err, dict):
-        # OpenAI: {"error": {message, type, param, code}}; FastAPI: {"detail": ...};
-        # some servers use a bare {"message": ...}. vLLM sends an int code: not ours to keep.
-        message = err.get("message") or err.get("detail") or json.dumps(err)[:_QUOTE]
-        param, code = err.get("param"), err.get("code")
-        return (
-            message if isinstance(message, str) else json.dumps(message)[:_QUOTE],
-            param if isinstance(param, str) else None,
-            code if isinstance(code, str) else None,
-        )
-    # Ollama and TGI: {"error": "text"}.
-    return str(err)[:_QUOTE], None, None
-
-
-def _is_error(payload: str) -> bool:
-    try:
-        data = json.loads(payload)
-    except ValueError:
-        return False
-    return isinstance(data, dict) and "error" in data
 
 
 def _retry_after(headers: httpx.Headers) -> float | None:
@@ -281,45 +250,27 @@ class _SSEStream(Generic[T]):
 
     async def _parse(self) -> AsyncGenerator[T, None]:
         finished = False  # a finish_reason was seen: the answer is complete
-        event, data = "", []
+        events = SSEEvents()
         lines = self._response.aiter_lines()
         with _map_transport_errors(self._base_url):
             async for line in lines:
-                if line.startswith("data:"):
-                    data.append(line[6:] if line.startswith("data: ") else line[5:])
-                elif line.startswith("event:"):
-                    event = line[6:].strip()
-                elif not line and data:
-                    payload = "\n".join(data)
-                    event, data, kind = "", [], event
-                    if payload.strip() == "[DONE]":
-                        await _drain(lines)
-                        return
-                    chunk = self._chunk(payload, kind)
-                    finished = finished or any(
-                        getattr(c, "finish_reason", None) for c in getattr(chunk, "choices", ())
-                    )
-                    yield chunk
-                # Anything else (":" comments, id:, retry:) carries nothing for us.
-        if data and "\n".join(data).strip() == "[DONE]":
+                if (event := events.line(line)) is None:
+                    continue
+                kind, payload = event
+                if payload.strip() == "[DONE]":
+                    await _drain(lines)
+                    return
+                chunk = parse_chunk(self._model, kind, payload, "upstream")
+                finished = finished or finishes(chunk)
+                yield chunk
+        tail = events.line("")
+        if tail and tail[1].strip() == "[DONE]":
             return  # no blank line after the last event: lenient, as browsers are
         if not finished:
             raise UpstreamError(
                 f"upstream {self._base_url} ended the stream before it was complete "
                 "(no finish_reason, no [DONE])"
             )
-
-    def _chunk(self, payload: str, event: str) -> T:
-        try:
-            return self._model.model_validate_json(payload)
-        except ValidationError as exc:
-            # vLLM and others report a failure mid-stream as {"error": {...}}.
-            if event == "error" or _is_error(payload):
-                message, _, _ = _error_fields(payload.encode())
-                raise UpstreamError(f"upstream failed mid-stream: {message}") from exc
-            raise UpstreamError(
-                f"upstream sent a malformed stream event: {payload[:_QUOTE]!r}"
-            ) from exc
 
 
 async def _drain(lines: AsyncIterator[str]) -> None:
@@ -406,7 +357,7 @@ class OpenAICompatProvider:
         except ValidationError as exc:
             raise UpstreamError(
                 f"upstream {self._base_url}{path} answered something that is not an OpenAI "
-                f"{model.__name__}: {content[:_QUOTE].decode('utf-8', 'replace')!r}"
+                f"{model.__name__}: {content[:QUOTE].decode('utf-8', 'replace')!r}"
             ) from exc
 
     async def _stream(self, path: str, body: dict[str, Any], model: type[T]) -> _SSEStream[T]:

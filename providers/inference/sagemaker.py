@@ -6,7 +6,7 @@ The container speaks the OpenAI wire format on ``/invocations``
 - InvokeEndpoint: the body is the OpenAI request JSON; the answer a ChatCompletion,
   Completion or EmbeddingList;
 - InvokeEndpointWithResponseStream: PayloadPart events carry the container's SSE bytes,
-  cut wherever SageMaker pleases (mid-line, mid-UTF-8 character): `_SSELines`
+  cut wherever SageMaker pleases (mid-line, mid-UTF-8 character): `SSEEvents`
   reassembles lines before they are parsed.
 
 boto3 calls run in threads; a stream's EventStream is relayed by `ThreadedEventStream`.
@@ -45,7 +45,6 @@ from fnstack.api.inference import (
     EmbeddingRequest,
 )
 from fnstack.errors import (
-    ConfigError,
     FnstackError,
     InvalidRequestError,
     NotFoundError,
@@ -59,16 +58,16 @@ from fnstack.spec import Api, ProviderContext, ProviderModel, ProviderSpec
 from providers.inference._aws import (
     RelayedStream,
     ThreadedEventStream,
-    aws_client_config,
+    create_client,
     map_aws_errors,
 )
+from providers.inference._sse import QUOTE, SSEEvents, error_fields, finishes, parse_chunk
 
 __all__ = ["SageMakerConfig", "SageMakerProvider", "spec"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T", bound=BaseModel)
-_QUOTE = 300
 
 
 class SageMakerConfig(BaseModel):
@@ -104,27 +103,9 @@ class SageMakerConfig(BaseModel):
 # --- errors ---------------------------------------------------------------------------
 
 
-def _error_fields(text: str) -> tuple[str, str | None, str | None]:
-    """message, param, code of the container's error body (OpenAI's shape, or text)."""
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return (text.strip()[:_QUOTE] or "(empty body)"), None, None
-    err = data.get("error", data) if isinstance(data, dict) else data
-    if isinstance(err, dict):
-        message = err.get("message") or json.dumps(err)[:_QUOTE]
-        param, code = err.get("param"), err.get("code")
-        return (
-            str(message),
-            param if isinstance(param, str) else None,
-            code if isinstance(code, str) else None,
-        )
-    return str(err)[:_QUOTE], None, None
-
-
 def _from_status(status: int, body: str, endpoint: str) -> FnstackError:
     """The error the container answered with, rebuilt from its status and body."""
-    message, param, code = _error_fields(body)
+    message, param, code = error_fields(body)
     if status == 429:
         return RateLimitError(f"endpoint {endpoint} is rate limiting: {message}", code=code)
     if status in (408, 504):
@@ -166,82 +147,26 @@ def _classifier(endpoint: str) -> Any:
 # --- SSE over PayloadParts ------------------------------------------------------------
 
 
-class _SSELines:
-    """Reassembles SSE lines from byte parts cut anywhere, and groups them into events."""
-
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._data: list[str] = []
-        self._event = ""
-
-    def feed(self, part: bytes) -> list[tuple[str, str]]:
-        """(event name, data) of every event completed by ``part``."""
-        self._buffer += part
-        out: list[tuple[str, str]] = []
-        while True:
-            end = self._buffer.find(b"\n")
-            if end < 0:
-                return out
-            # Decoding whole lines only: a UTF-8 character split across parts is whole here.
-            line = self._buffer[:end].rstrip(b"\r").decode("utf-8", "replace")
-            self._buffer = self._buffer[end + 1 :]
-            if event := self._line(line):
-                out.append(event)
-
-    def finish(self) -> list[tuple[str, str]]:
-        """What a stream left without its final newline(s)."""
-        tail, self._buffer = self._buffer, b""
-        out = []
-        if tail and (event := self._line(tail.decode("utf-8", "replace"))):
-            out.append(event)
-        if event := self._line(""):
-            out.append(event)
-        return out
-
-    def _line(self, line: str) -> tuple[str, str] | None:
-        if line.startswith("data:"):
-            self._data.append(line[6:] if line.startswith("data: ") else line[5:])
-        elif line.startswith("event:"):
-            self._event = line[6:].strip()
-        elif not line and self._data:
-            event = (self._event, "\n".join(self._data))
-            self._event, self._data = "", []
-            return event
-        return None
-
-
 async def _sse_chunks(
     parts: AsyncIterator[dict[str, Any]], model: type[T], what: str, classify: Any
 ) -> AsyncGenerator[T, None]:
-    lines = _SSELines()
+    events = SSEEvents()
     finished = False
-
-    def parse(kind: str, payload: str) -> T:
-        try:
-            return model.model_validate_json(payload)
-        except ValidationError as exc:
-            if kind == "error" or '"error"' in payload:
-                message, _, _ = _error_fields(payload)
-                raise UpstreamError(f"{what} failed mid-stream: {message}") from exc
-            raise UpstreamError(f"{what} sent a malformed event: {payload[:_QUOTE]!r}") from exc
-
     with map_aws_errors(what, classify):
         async for event in parts:
             part = event.get("PayloadPart", {}).get("Bytes")
             if not part:
                 continue
-            for kind, payload in lines.feed(part):
+            for kind, payload in events.feed(part):
                 if payload.strip() == "[DONE]":
                     return
-                chunk = parse(kind, payload)
-                finished = finished or any(
-                    getattr(c, "finish_reason", None) for c in getattr(chunk, "choices", ())
-                )
+                chunk = parse_chunk(model, kind, payload, what)
+                finished = finished or finishes(chunk)
                 yield chunk
-    for kind, payload in lines.finish():
+    for kind, payload in events.finish():
         if payload.strip() == "[DONE]":
             return
-        yield parse(kind, payload)
+        yield parse_chunk(model, kind, payload, what)
         finished = True
     if not finished:
         raise UpstreamError(f"{what} ended the stream before it was complete (no [DONE])")
@@ -323,7 +248,7 @@ class SageMakerProvider:
         except ValidationError as exc:
             raise UpstreamError(
                 f"{self._what} answered something that is not an OpenAI {model.__name__}: "
-                f"{content[:_QUOTE].decode('utf-8', 'replace')!r}"
+                f"{content[:QUOTE].decode('utf-8', 'replace')!r}"
             ) from exc
 
     async def _stream(self, request: BaseModel, model: type[T]) -> RelayedStream:
@@ -343,29 +268,7 @@ class SageMakerProvider:
 
 
 async def _create(config: SageMakerConfig, context: ProviderContext) -> SageMakerProvider:
-    import boto3  # here, not at the top: cold starts of functions that never call SageMaker
-
-    def build() -> Any:
-        return boto3.session.Session().client(
-            "sagemaker-runtime",
-            region_name=config.region,
-            endpoint_url=config.endpoint_url,
-            config=aws_client_config(
-                config.connect_timeout, config.read_timeout, config.max_attempts,
-                config.max_connections,
-            ),
-        )
-
-    from botocore.exceptions import NoRegionError
-
-    try:
-        client = await asyncio.to_thread(build)
-    except NoRegionError:
-        raise ConfigError(
-            "no AWS region: set `region` in the provider config, or AWS_REGION",
-            path="config.region",
-        ) from None
-    return SageMakerProvider(config, client)
+    return SageMakerProvider(config, await create_client("sagemaker-runtime", config))
 
 
 spec = ProviderSpec(

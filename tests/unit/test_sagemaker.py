@@ -40,7 +40,8 @@ from fnstack.errors import (
 from fnstack.sagemaker_server import create_sagemaker_app
 from fnstack.spec import ProviderContext, load_spec
 from fnstack.stack import Stack
-from providers.inference.sagemaker import SageMakerConfig, SageMakerProvider, _SSELines, spec
+from providers.inference._sse import SSEEvents
+from providers.inference.sagemaker import SageMakerConfig, SageMakerProvider, spec
 from tests.support.eventstream import ThreadedServer
 from tests.support.fake_openai import FakeOpenAI, Reply, chat_chunk_json
 from tests.support.fake_sagemaker import FakeSageMaker, Fault
@@ -198,7 +199,7 @@ async def test_chat_stream_reassembles_split_lines(
 
 
 def test_sse_lines_parser() -> None:
-    lines = _SSELines()
+    lines = SSEEvents()
     raw = b'data: {"a":1}\r\n\r\nevent: error\ndata: x\ndata: y\n\n: comment\ndata: [DONE]'
     events = [e for byte in raw for e in lines.feed(bytes([byte]))]
     assert events == [("", '{"a":1}'), ("error", "x\ny")]
