@@ -13,7 +13,9 @@
   Each header: name length (1 byte), name, value type (1 byte; 7 = string),
   value length (2 bytes), value.
 - rest-json error responses: the status, ``x-amzn-ErrorType`` and ``{"message": ...}``.
-- A uvicorn server on a free 127.0.0.1 port in its own thread.
+- A uvicorn server on a free 127.0.0.1 port in its own thread, and on it the fakes'
+  common part (`ScriptedFake`): replies scripted in order, requests recorded, and
+  `Fault`, an error answer before any byte of a body.
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ import struct
 import threading
 import time
 import zlib
-from typing import Any
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, Self, TypeVar
 
 import uvicorn
 from starlette.responses import Response
@@ -31,6 +36,8 @@ from starlette.responses import Response
 from tests.support.fake_openai import free_port
 
 __all__ = [
+    "Fault",
+    "ScriptedFake",
     "ThreadedServer",
     "aws_error",
     "encode_message",
@@ -139,3 +146,62 @@ class ThreadedServer:
         # A stream a test left hanging must not hold shutdown up.
         self._server.force_exit = True
         self._thread.join(timeout=10)
+
+
+@dataclass
+class Fault:
+    """An error answer before any byte of a body; ``status`` by default from the
+    service's table of statuses by error type."""
+
+    error_type: str
+    message: str = "scripted failure"
+    status: int | None = None
+    delay: float = 0.0
+
+    def response(self, statuses: Mapping[str, int]) -> Response:
+        status = self.status or statuses.get(self.error_type, 500)
+        return aws_error(status, self.error_type, {"message": self.message})
+
+
+ReplyT = TypeVar("ReplyT")
+SeenT = TypeVar("SeenT")
+
+
+class ScriptedFake(Generic[ReplyT, SeenT]):
+    """A fake service on a `ThreadedServer`: the replies scripted for the next requests
+    are taken in order, whatever the operation, and every request is recorded.
+    A context manager."""
+
+    def __init__(self, app: Any, name: str) -> None:
+        self.requests: list[SeenT] = []
+        self._scripts: deque[ReplyT] = deque()
+        self._lock = threading.Lock()
+        self._server = ThreadedServer(app, name)
+        self.url = self._server.url
+
+    def __enter__(self) -> Self:
+        self._server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.stop()
+
+    def script(self, *replies: ReplyT) -> None:
+        """Queue replies for the next requests, whatever the operation, in order."""
+        with self._lock:
+            self._scripts.extend(replies)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._scripts.clear()
+            self.requests.clear()
+
+    @property
+    def last(self) -> SeenT:
+        return self.requests[-1]
+
+    def _record(self, seen: SeenT) -> ReplyT | None:
+        """Records a request; the reply scripted for it, if any."""
+        with self._lock:
+            self.requests.append(seen)
+            return self._scripts.popleft() if self._scripts else None

@@ -25,7 +25,6 @@ import asyncio
 import hashlib
 import json
 import threading
-from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +36,8 @@ from starlette.routing import Route
 
 from tests.support.eventstream import (
     EVENTSTREAM,
-    ThreadedServer,
+    Fault,
+    ScriptedFake,
     aws_error,
     event_message,
     exception_message,
@@ -87,16 +87,6 @@ class Answer:
 
 
 @dataclass
-class Fault:
-    """An error answer before any byte of a body."""
-
-    error_type: str
-    message: str = "scripted failure"
-    status: int | None = None
-    delay: float = 0.0
-
-
-@dataclass
 class Seen:
     operation: str  # converse, converse-stream, invoke
     model_id: str
@@ -105,12 +95,9 @@ class Seen:
     closed: threading.Event = field(default_factory=threading.Event)
 
 
-class FakeBedrock:
+class FakeBedrock(ScriptedFake[Answer | Fault, Seen]):
     def __init__(self) -> None:
-        self._scripts: deque[Answer | Fault] = deque()
-        self._lock = threading.Lock()
-        self.requests: list[Seen] = []
-        self._app = Starlette(
+        app = Starlette(
             routes=[
                 Route("/model/{model_id:path}/converse", self._converse, methods=["POST"]),
                 Route(
@@ -120,31 +107,7 @@ class FakeBedrock:
                 Route("/model/{model_id:path}/invoke", self._invoke, methods=["POST"]),
             ]
         )
-        self._server = ThreadedServer(self._app, "fake-bedrock")
-        self.url = self._server.url
-
-    def __enter__(self) -> FakeBedrock:
-        self._server.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.stop()
-
-    # --- scripting ---
-
-    def script(self, *replies: Answer | Fault) -> None:
-        """Queue answers for the next requests, whatever the operation, in order."""
-        with self._lock:
-            self._scripts.extend(replies)
-
-    def reset(self) -> None:
-        with self._lock:
-            self._scripts.clear()
-            self.requests.clear()
-
-    @property
-    def last(self) -> Seen:
-        return self.requests[-1]
+        super().__init__(app, "fake-bedrock")
 
     async def _take(self, request: Request, operation: str) -> tuple[Seen, Answer | Fault]:
         raw = await request.body()
@@ -154,9 +117,9 @@ class FakeBedrock:
             headers=dict(request.headers),
             body=json.loads(raw) if raw else None,
         )
-        with self._lock:
-            self.requests.append(seen)
-            reply = self._scripts.popleft() if self._scripts else Answer()
+        reply = self._record(seen)
+        if reply is None:
+            reply = Answer()
         if reply.delay:
             await asyncio.sleep(reply.delay)
         return seen, reply
@@ -166,7 +129,7 @@ class FakeBedrock:
     async def _converse(self, request: Request) -> Response:
         _, reply = await self._take(request, "converse")
         if isinstance(reply, Fault):
-            return _fault(reply)
+            return reply.response(STATUS)
         content: list[dict[str, Any]] = [{"text": reply.text}] if reply.text else []
         content += [
             {"toolUse": {"toolUseId": t.tool_use_id, "name": t.name, "input": t.input}}
@@ -185,7 +148,7 @@ class FakeBedrock:
     async def _converse_stream(self, request: Request) -> Response:
         seen, reply = await self._take(request, "converse-stream")
         if isinstance(reply, Fault):
-            return _fault(reply)
+            return reply.response(STATUS)
         events = _events(reply)
 
         async def frames() -> AsyncIterator[bytes]:
@@ -208,7 +171,7 @@ class FakeBedrock:
     async def _invoke(self, request: Request) -> Response:
         seen, reply = await self._take(request, "invoke")
         if isinstance(reply, Fault):
-            return _fault(reply)
+            return reply.response(STATUS)
         body = seen.body or {}
         if seen.model_id.startswith("cohere.embed"):
             texts = body.get("texts", [])
@@ -229,11 +192,6 @@ class FakeBedrock:
                 }
             )
         return aws_error(400, "ValidationException", {"message": "unsupported model"})
-
-
-def _fault(fault: Fault) -> Response:
-    status = fault.status or STATUS.get(fault.error_type, 500)
-    return aws_error(status, fault.error_type, {"message": fault.message})
 
 
 def _usage(reply: Answer) -> dict[str, int]:

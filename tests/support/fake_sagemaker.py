@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +35,8 @@ from starlette.routing import Route
 
 from tests.support.eventstream import (
     EVENTSTREAM,
-    ThreadedServer,
+    Fault,
+    ScriptedFake,
     aws_error,
     event_message,
     exception_message,
@@ -56,14 +55,6 @@ STATUS = {
 
 
 @dataclass
-class Fault:
-    error_type: str
-    message: str = "scripted failure"
-    status: int | None = None
-    delay: float = 0.0
-
-
-@dataclass
 class Seen:
     operation: str  # invocations, invocations-response-stream
     endpoint: str
@@ -71,14 +62,11 @@ class Seen:
     body: Any
 
 
-class FakeSageMaker:
+class FakeSageMaker(ScriptedFake[Fault, Seen]):
     def __init__(self, upstream: str, endpoint: str = "fnstack-test") -> None:
         self.upstream = upstream.rstrip("/")
         self.endpoint = endpoint
         self.part_size: int | None = None  # None: one part per upstream read
-        self.requests: list[Seen] = []
-        self._scripts: deque[Fault] = deque()
-        self._lock = threading.Lock()
         app = Starlette(
             routes=[
                 Route("/endpoints/{name}/invocations", self._invoke, methods=["POST"]),
@@ -88,36 +76,16 @@ class FakeSageMaker:
                 ),
             ]
         )
-        self._server = ThreadedServer(app, "fake-sagemaker")
-        self.url = self._server.url
-
-    def __enter__(self) -> FakeSageMaker:
-        self._server.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.stop()
-
-    def script(self, *faults: Fault) -> None:
-        with self._lock:
-            self._scripts.extend(faults)
+        super().__init__(app, "fake-sagemaker")
 
     def reset(self) -> None:
-        with self._lock:
-            self._scripts.clear()
-            self.requests.clear()
+        super().reset()
         self.part_size = None
-
-    @property
-    def last(self) -> Seen:
-        return self.requests[-1]
 
     async def _take(self, request: Request, operation: str) -> tuple[bytes, Response | None]:
         raw = await request.body()
         name = request.path_params["name"]
-        with self._lock:
-            self.requests.append(Seen(operation, name, dict(request.headers), json.loads(raw)))
-            fault = self._scripts.popleft() if self._scripts else None
+        fault = self._record(Seen(operation, name, dict(request.headers), json.loads(raw)))
         if name != self.endpoint:
             return raw, aws_error(
                 400, "ValidationError",
@@ -127,8 +95,7 @@ class FakeSageMaker:
             return raw, None
         if fault.delay:
             await asyncio.sleep(fault.delay)
-        status = fault.status or STATUS.get(fault.error_type, 500)
-        return raw, aws_error(status, fault.error_type, {"message": fault.message})
+        return raw, fault.response(STATUS)
 
     # --- the operations ---
 
