@@ -33,15 +33,6 @@ class LiveApi:
     base_url: str
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption(
-        "--mode",
-        action="append",
-        choices=MODES,
-        help="execution mode(s) to run the API suite against (default: all)",
-    )
-
-
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "api" in metafunc.fixturenames:
         modes = metafunc.config.getoption("--mode") or list(MODES)
