@@ -67,7 +67,14 @@ class _ProviderCache:
     def __init__(self) -> None:
         self.models: list[ProviderModel] = []
         self.fetched_at: float | None = None
+        # A provider may say its list never changes (refresh_models: false): listed once.
+        self.static = False
         self.lock = asyncio.Lock()
+
+
+def _wants_refresh(provider: Any) -> bool:
+    should = getattr(provider, "should_refresh_models", None)
+    return bool(should()) if callable(should) else True
 
 
 class Registry:
@@ -264,18 +271,24 @@ class Registry:
 
     async def _reported(self, provider_id: str) -> list[ProviderModel]:
         cache = self._cache.setdefault(provider_id, _ProviderCache())
-        if cache.fetched_at is not None and time.monotonic() - cache.fetched_at < self._ttl:
+        if self._fresh(cache):
             return cache.models
         async with cache.lock:
             # Another request may have refreshed it while we waited.
-            if cache.fetched_at is not None and time.monotonic() - cache.fetched_at < self._ttl:
+            if self._fresh(cache):
                 return cache.models
             try:
                 provider = await self.stack.provider(provider_id)
                 cache.models = list(await provider.list_models())
+                cache.static = not _wants_refresh(provider)
             except Exception:
                 # Keep serving the last good list; an upstream blip must not empty it.
                 log.warning("listing models failed", extra={"provider_id": provider_id},
                             exc_info=True)
             cache.fetched_at = time.monotonic()
             return cache.models
+
+    def _fresh(self, cache: _ProviderCache) -> bool:
+        if cache.fetched_at is None:
+            return False
+        return cache.static or time.monotonic() - cache.fetched_at < self._ttl

@@ -217,3 +217,30 @@ async def test_provider_listing_is_cached_not_per_request(
         await http.get("/v1/models/fake-model")
     after = sum(1 for s in fake.requests if s.path.endswith("/models"))
     assert after - before <= 1
+
+
+async def test_provider_that_never_refreshes_is_listed_once(
+    tmp_path: Path, fake: FakeOpenAI
+) -> None:
+    cfg = _config(tmp_path, fake.base_url, registry={"refresh_ttl_s": 0})
+    cfg.providers["inference"][0].config["refresh_models"] = False
+    app = create_app(cfg, lifespan=False)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://t") as c:
+        before = sum(1 for s in fake.requests if s.path.endswith("/models"))
+        for _ in range(3):
+            assert (await c.get("/v1/models")).status_code == 200
+        assert sum(1 for s in fake.requests if s.path.endswith("/models")) - before == 1
+    await app.state.stack.shutdown()
+
+
+async def test_refresh_ttl_zero_asks_every_time(tmp_path: Path, fake: FakeOpenAI) -> None:
+    app = create_app(_config(tmp_path, fake.base_url, registry={"refresh_ttl_s": 0}),
+                     lifespan=False)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://t") as c:
+        before = sum(1 for s in fake.requests if s.path.endswith("/models"))
+        for _ in range(3):
+            assert (await c.get("/v1/models")).status_code == 200
+        assert sum(1 for s in fake.requests if s.path.endswith("/models")) - before == 3
+    await app.state.stack.shutdown()
