@@ -13,7 +13,8 @@ side by side, and how many answered completions fnstack stored.
 Targets on a 2-core machine: through fnstack >= 0.25x the direct requests/s at 50
 connections; at 1 connection, p50 adds < 2 ms; every answered completion is stored.
 Everything shares the machine's cores (load generator, mock, fnstack), as in any
-single-box measurement: read the ratios, not the absolute figures.
+single-box measurement: read the ratios, not the absolute figures. ``cpu ms/req`` is
+fnstack's own CPU time per answered request, which other load on the box disturbs less.
 """
 
 from __future__ import annotations
@@ -57,6 +58,15 @@ inference_store:
   write_mode: queue
 cache_dir: {tmp}/cache
 """
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -232,10 +242,13 @@ def main() -> None:
                 direct = asyncio.run(
                     load(mock_port, http_request(mock_port, body), conns, args.duration)
                 )
+                cpu0 = cpu_seconds(fn.pid)
                 through = asyncio.run(
                     load(fn_port, http_request(fn_port, body), conns, args.duration)
                 )
-                rows.append((conns, "stream" if stream else "plain", direct, through))
+                served = through.answered + through.warmup_answered
+                cpu_ms = (cpu_seconds(fn.pid) - cpu0) / served * 1000 if served else 0.0
+                rows.append((conns, "stream" if stream else "plain", direct, through, cpu_ms))
                 stored_checks.append((conns, stream, tag, through))
                 print(f"  done: {conns:>3} conn {'stream' if stream else 'plain '}: "
                       f"direct {direct.rps:8.0f} req/s, fnstack {through.rps:8.0f} req/s",
@@ -245,14 +258,14 @@ def main() -> None:
         print()
         header = (f"{'conns':>5} {'kind':<6} | {'direct req/s':>12} {'p50 ms':>7} {'p99 ms':>7}"
                   f" | {'fnstack req/s':>13} {'p50 ms':>7} {'p99 ms':>7} | {'ratio':>5}"
-                  f" {'+p50 ms':>7} | {'failed':>6}")
+                  f" {'+p50 ms':>7} | {'cpu ms/req':>10} {'failed':>6}")
         print(header)
         print("-" * len(header))
-        for conns, kind, d, f in rows:
+        for conns, kind, d, f, cpu_ms in rows:
             print(f"{conns:>5} {kind:<6} | {d.rps:>12.0f} {d.pct(0.5):>7.2f} {d.pct(0.99):>7.2f}"
                   f" | {f.rps:>13.0f} {f.pct(0.5):>7.2f} {f.pct(0.99):>7.2f}"
                   f" | {f.rps / d.rps if d.rps else 0:>5.2f} {f.pct(0.5) - d.pct(0.5):>7.2f}"
-                  f" | {f.failed:>6}")
+                  f" | {cpu_ms:>10.2f} {f.failed:>6}")
         print()
         all_stored = True
         for conns, stream, tag, through in stored_checks:
@@ -263,8 +276,8 @@ def main() -> None:
                   f" {answered} answered (warm-up included)"
                   f" {'ok' if stored == answered else 'MISMATCH'}")
         print()
-        fifty = [(d, f) for c, _, d, f in rows if c == 50]
-        single = [(d, f) for c, _, d, f in rows if c == 1]
+        fifty = [(d, f) for c, _, d, f, _ in rows if c == 50]
+        single = [(d, f) for c, _, d, f, _ in rows if c == 1]
         if fifty:
             worst = min(f.rps / d.rps for d, f in fifty if d.rps)
             print(f"target 50 conns: fnstack/direct >= 0.25: worst {worst:.2f} "
