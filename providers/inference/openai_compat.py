@@ -422,8 +422,11 @@ class OpenAICompatProvider:
 
 
 def _body(request: BaseModel) -> dict[str, Any]:
-    # by_alias: JSONSchema's "schema_" field is "schema" on the wire; extras are kept.
-    return request.model_dump(mode="json", exclude_none=True, by_alias=True)
+    # Relay what the client sent: exclude_unset keeps an explicit `"content": null` on an
+    # assistant tool-call message (some servers' chat templates need it) and drops the
+    # fields the client never gave. by_alias: JSONSchema's "schema_" is "schema" on the
+    # wire; extras are kept.
+    return request.model_dump(mode="json", exclude_unset=True, by_alias=True)
 
 
 async def _read(response: httpx.Response, base_url: str) -> bytes:

@@ -259,6 +259,22 @@ async def test_relays_the_request_as_sent(fake: FakeOpenAI, mock: OpenAICompatPr
     assert seen.headers["x-tenant"] == "t1"
 
 
+async def test_relays_explicit_nulls_of_a_tool_call_turn(
+    fake: FakeOpenAI, mock: OpenAICompatProvider
+) -> None:
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "f", "arguments": "{}"}}
+    messages = [
+        *QUESTION,
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "42"},
+    ]
+    await mock.chat_completion(ChatCompletionRequest.model_validate(
+        {"model": MODEL, "messages": messages}))
+    # llama.cpp's chat templates need the assistant's explicit "content": null.
+    assert fake.requests[-1].body["messages"] == messages
+
+
 @pytest.mark.parametrize("status", [503, 429, 500])
 async def test_retries_then_succeeds(
     fake: FakeOpenAI, mock: OpenAICompatProvider, status: int
