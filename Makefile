@@ -2,10 +2,13 @@
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: setup run test lint bench
+.PHONY: setup setup-tests run test lint
 
 setup:
 	@./scripts/setup.sh
+
+setup-tests:
+	@./scripts/setup.sh --tests
 
 run: setup
 	$(BIN)/fnstack run local
@@ -14,5 +17,5 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: setup
+test: setup-tests
 	$(BIN)/python -m pytest tests
