@@ -26,7 +26,7 @@ import contextlib
 import json
 import time
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 MODEL = "mock-model"
 TEXT = "The quick brown fox jumps over the lazy dog."
@@ -177,8 +177,8 @@ class _HTTP(asyncio.Protocol):
         self._busy = False  # an answer is being written asynchronously: hold parsing
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # Not an isinstance check: uvloop's transports do not subclass asyncio.Transport.
+        self._transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None

@@ -73,6 +73,11 @@ class RegisteredResources(_Strict):
 class RegistryConfig(_Strict):
     # How long what providers report (their /models) is trusted before asking again.
     refresh_ttl_s: float = Field(default=300.0, ge=0)
+    # How long a lookup in the registry store (models registered with POST /v1/models)
+    # is reused, found or not. It saves a store read on every inference request; the
+    # price is that a model registered or deleted through *another* process (another
+    # Lambda function) is seen here up to this many seconds late. 0: read every time.
+    lookup_ttl_s: float = Field(default=2.0, ge=0, le=60)
 
 
 class QueueConfig(_Strict):

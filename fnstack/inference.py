@@ -62,26 +62,31 @@ def new_completion_id() -> str:
     return f"{_ID_PREFIX}{int(time.time() * 1000):012x}{secrets.token_hex(8)}"
 
 
+_Item = tuple[str, dict[str, Any], Owner]
+
+
 class CompletionWriter:
     """Writes stored completions without losing any.
 
     ``queue`` mode: ``submit`` enqueues (waiting only when the bounded queue is full)
-    and N tasks write; ``flush`` waits for everything submitted so far, so a read
+    and N tasks write, each taking what is pending (up to ``batch``) as one
+    `KVStore.create_many`; ``flush`` waits for everything submitted so far, so a read
     after a write sees it; ``close`` drains. ``sync`` mode: ``submit`` writes at once.
     """
 
     def __init__(self, store: KVStore, mode: Literal["queue", "sync"], writers: int = 4,
-                 max_pending: int = 10_000) -> None:
+                 max_pending: int = 10_000, batch: int = 100) -> None:
         self.store = store
         self.mode = mode
         self.writers = writers
-        self._queue: asyncio.Queue[tuple[str, dict[str, Any], Owner]] | None = None
+        self.batch = batch
+        self._queue: asyncio.Queue[_Item] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._max_pending = max_pending
 
     async def submit(self, key: str, value: dict[str, Any], owner: Owner) -> None:
         if self.mode == "sync":
-            await self._write(key, value, owner)
+            await self._write([(key, value, owner)])
             return
         if self._queue is None:
             self._queue = asyncio.Queue(self._max_pending)
@@ -103,25 +108,39 @@ class CompletionWriter:
     async def _run(self) -> None:
         assert self._queue is not None
         while True:
-            key, value, owner = await self._queue.get()
+            items = [await self._queue.get()]
+            # Under load many completions wait here: one store call for all of them
+            # (with SQLite, one thread hop and one transaction instead of one each).
+            while len(items) < self.batch and not self._queue.empty():
+                items.append(self._queue.get_nowait())
             try:
-                await self._write(key, value, owner)
+                await self._write(items)
             except Exception:
-                log.error("storing chat completion failed", extra={"key": key}, exc_info=True)
+                log.error("storing chat completions failed",
+                          extra={"keys": [key for key, _, _ in items]}, exc_info=True)
             finally:
-                self._queue.task_done()
+                for _ in items:
+                    self._queue.task_done()
 
-    async def _write(self, key: str, value: dict[str, Any], owner: Owner) -> None:
+    async def _write(self, items: list[_Item]) -> None:
+        # Keys are fresh completion ids, so each write is a create (if_absent), which
+        # spares the read an unconditional put makes to bump the version. A retry that
+        # finds a record there means an earlier attempt landed after all.
         delay = 0.05
         for attempt in range(5):
             try:
-                await self.store.put(key, value, owner=owner)
-                return
+                created = await self.store.create_many(items)
             except Exception:
                 if attempt == 4:
                     raise
                 await asyncio.sleep(delay)
                 delay *= 4
+                continue
+            if attempt == 0 and not all(created):
+                taken = [k for (k, _, _), ok in zip(items, created, strict=True) if not ok]
+                log.error("chat completion ids already stored; not overwritten",
+                          extra={"keys": taken})
+            return
 
 
 class InferenceService:

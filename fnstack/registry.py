@@ -8,6 +8,11 @@ Three sources, looked up in this order:
 3. what each provider reports it serves, cached per process and refreshed after
    ``registry.refresh_ttl_s``, never on every request.
 
+Store lookups (source 2) are reused for ``registry.lookup_ttl_s`` (2 s by default),
+hits and misses alike, so an inference request does not pay a store read. Writes
+through this process drop its cached answer at once; a model registered or deleted
+through another process (another Lambda function) shows here within that TTL.
+
 A model id may be qualified as ``provider_id/model``; provider-reported models are
 listed unqualified unless two providers report the same id.
 """
@@ -77,13 +82,23 @@ def _wants_refresh(provider: Any) -> bool:
     return bool(should()) if callable(should) else True
 
 
+# Most store lookups to remember; past it the memo starts over, so a client sending
+# made-up model ids cannot grow it without bound.
+_LOOKUP_CACHE_SIZE = 1024
+
+
 class Registry:
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
         self._ttl = stack.config.registry.refresh_ttl_s
+        self._lookup_ttl = stack.config.registry.lookup_ttl_s
         self._started = int(time.time())
         self._cache: dict[str, _ProviderCache] = {}
         self._config_entries = {e.identifier: e for e in self._from_config()}
+        # model id -> (monotonic expiry, the stored entry or None for "not stored")
+        self._lookups: dict[str, tuple[float, ModelEntry | None]] = {}
+        # The provider entries, rebuilt only when a provider's list was re-fetched.
+        self._provider_memo: tuple[tuple[float | None, ...], list[ModelEntry]] | None = None
 
     # --- the Models API ------------------------------------------------------------
 
@@ -138,6 +153,8 @@ class Registry:
             raise ConflictError(
                 f"model {request.model_id!r} already exists", param="model_id"
             ) from None
+        finally:
+            self._lookups.pop(entry.identifier, None)
         return entry.to_model()
 
     async def unregister_model(self, model_id: str) -> ModelDeleted:
@@ -153,7 +170,10 @@ class Registry:
                 param="model_id",
                 code="model_not_deletable",
             )
-        await self._store().delete(_KEY + model_id)
+        try:
+            await self._store().delete(_KEY + model_id)
+        finally:
+            self._lookups.pop(model_id, None)
         return ModelDeleted(id=model_id)
 
     # --- routing ------------------------------------------------------------------------
@@ -183,9 +203,9 @@ class Registry:
     async def _find(self, model_id: str) -> ModelEntry | None:
         if model_id in self._config_entries:
             return self._config_entries[model_id]
-        record = await self._store().get(_KEY + model_id)
-        if record is not None:
-            return ModelEntry.model_validate(record.value)
+        stored = await self._stored(model_id)
+        if stored is not None:
+            return stored
         for e in await self._provider_entries():
             if e.identifier == model_id:
                 return e
@@ -203,6 +223,20 @@ class Registry:
                     source="provider", created=self._started,
                 )
         return None
+
+    async def _stored(self, model_id: str) -> ModelEntry | None:
+        """The entry registered with POST /v1/models, read through the lookup memo."""
+        now = time.monotonic()
+        hit = self._lookups.get(model_id)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        record = await self._store().get(_KEY + model_id)
+        entry = ModelEntry.model_validate(record.value) if record is not None else None
+        if self._lookup_ttl > 0:
+            if len(self._lookups) >= _LOOKUP_CACHE_SIZE:
+                self._lookups.clear()
+            self._lookups[model_id] = (now + self._lookup_ttl, entry)
+        return entry
 
     def _not_found(self, model_id: str) -> NotFoundError:
         return NotFoundError(
@@ -257,6 +291,11 @@ class Registry:
     async def _provider_entries(self) -> list[ModelEntry]:
         ids = self.stack.provider_ids(Api.inference)
         reported = {pid: await self._reported(pid) for pid in ids}
+        # Every routed request walks these; rebuild them only after a provider's list
+        # was fetched again (its fetch time is the version of its list).
+        version = tuple(self._cache[pid].fetched_at for pid in ids)
+        if self._provider_memo is not None and self._provider_memo[0] == version:
+            return self._provider_memo[1]
         counts: dict[str, int] = {}
         for models in reported.values():
             for m in models:
@@ -267,6 +306,7 @@ class Registry:
                 unique = counts[m.provider_resource_id] == 1
                 ident = m.provider_resource_id if unique else f"{pid}/{m.provider_resource_id}"
                 out.append(self._entry(pid, m, ident))
+        self._provider_memo = (version, out)
         return out
 
     async def _reported(self, provider_id: str) -> list[ProviderModel]:

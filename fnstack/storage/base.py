@@ -27,7 +27,7 @@ import builtins  # the stores' `list` methods shadow the builtin in class scope
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -201,6 +201,27 @@ class KVStore(ABC):
             raise PreconditionFailedError(f"record {key!r} {what}")
         return self._decode(raw)
 
+    async def create_many(
+        self, items: Sequence[tuple[str, dict[str, Any], Owner | None]]
+    ) -> builtins.list[bool]:
+        """``put(key, value, owner=owner, if_absent=True)`` for each item, in one go
+        where the backend can; per item, True when written, False when a live record
+        held the key. For bulk writers of fresh keys (the chat completion history)."""
+        now = time.time()
+        raws = []
+        for key, value, owner in items:
+            _check_key(key)
+            who = owner or ANONYMOUS
+            raws.append(RawRecord(
+                key=key,
+                value=json.dumps(value, separators=(",", ":"), ensure_ascii=False),
+                version=1,
+                owner=who.principal,
+                owner_json=json.dumps(who.to_dict(), separators=(",", ":")),
+                expires_at=None,
+            ))
+        return await self._put_many(raws, Condition("absent", now))
+
     async def delete(self, key: str, *, if_version: int | None = None) -> bool:
         """Delete ``key``; False when there was no live record."""
         _check_key(key)
@@ -288,6 +309,13 @@ class KVStore(ABC):
     @abstractmethod
     async def _put(self, raw: RawRecord, cond: Condition) -> bool:
         """Write atomically under ``cond``; False when the condition failed."""
+
+    async def _put_many(
+        self, raws: Sequence[RawRecord], cond: Condition
+    ) -> builtins.list[bool]:
+        """`_put` of each record under one ``cond``. Backends that can batch (one
+        round trip, one transaction) override it; each write stays atomic on its own."""
+        return [await self._put(raw, cond) for raw in raws]
 
     @abstractmethod
     async def _delete(self, key: str, cond: Condition) -> bool:
