@@ -78,6 +78,7 @@ _RETRY_EXCEPTIONS: tuple[type[Exception], ...] = (
     httpx.NetworkError,
     httpx.RemoteProtocolError,
 )
+_JSON_HEADERS = {"content-type": "application/json"}
 # How long to wait for the end of a stream's body once [DONE] has arrived.
 _DRAIN_SECONDS = 1.0
 
@@ -349,7 +350,7 @@ class OpenAICompatProvider:
         }
         return ProviderModel(provider_resource_id=model_id, model_type=kind, metadata=metadata)
 
-    async def _call(self, method: str, path: str, body: dict[str, Any], model: type[T]) -> T:
+    async def _call(self, method: str, path: str, body: bytes, model: type[T]) -> T:
         response = await self._send(method, path, body)
         content = await _read(response, self._base_url)
         try:
@@ -360,7 +361,7 @@ class OpenAICompatProvider:
                 f"{model.__name__}: {content[:QUOTE].decode('utf-8', 'replace')!r}"
             ) from exc
 
-    async def _stream(self, path: str, body: dict[str, Any], model: type[T]) -> _SSEStream[T]:
+    async def _stream(self, path: str, body: bytes, model: type[T]) -> _SSEStream[T]:
         response = await self._send("POST", path, body)
         if response.headers.get("content-type", "").startswith("application/json"):
             # The upstream ignored stream=true, or reports an error with a 200.
@@ -374,13 +375,15 @@ class OpenAICompatProvider:
         await stream.peek()
         return stream
 
-    async def _send(self, method: str, path: str, body: dict[str, Any] | None) -> httpx.Response:
+    async def _send(self, method: str, path: str, body: bytes | None) -> httpx.Response:
         """Send with retries; return a streaming response with a success status.
 
         The body is not read here, so retries end at the response headers: a caller
         reading a stream has had bytes relayed, and nothing is ever sent twice then.
         """
-        request = self._client.build_request(method, path, json=body)
+        request = self._client.build_request(
+            method, path, content=body, headers=_JSON_HEADERS if body is not None else None
+        )
         attempt = 0
         with _map_transport_errors(self._base_url):
             while True:
@@ -421,12 +424,13 @@ class OpenAICompatProvider:
         return step / 2 + random.uniform(0, step / 2)
 
 
-def _body(request: BaseModel) -> dict[str, Any]:
+def _body(request: BaseModel) -> bytes:
     # Relay what the client sent: exclude_unset keeps an explicit `"content": null` on an
     # assistant tool-call message (some servers' chat templates need it) and drops the
     # fields the client never gave. by_alias: JSONSchema's "schema_" is "schema" on the
-    # wire; extras are kept.
-    return request.model_dump(mode="json", exclude_unset=True, by_alias=True)
+    # wire; extras are kept. Straight to JSON bytes in pydantic-core: no dict for
+    # json.dumps to walk a second time.
+    return request.model_dump_json(exclude_unset=True, by_alias=True).encode()
 
 
 async def _read(response: httpx.Response, base_url: str) -> bytes:

@@ -101,6 +101,21 @@ async def test_put_if_absent_over_expired(kv: KVStore) -> None:
     assert got is not None and got.value == {"new": True} and got.expires_at is None
 
 
+async def test_create_many(kv: KVStore) -> None:
+    await kv.put("live", {"n": 0})
+    await kv.put("expired", {"old": True}, ttl=-1)
+    alice = Owner(principal="alice")
+    created = await kv.create_many(
+        [("a", {"n": 1}, None), ("live", {"n": 2}, None), ("expired", {"n": 3}, alice)]
+    )
+    assert created == [True, False, True]
+    a, live, expired = [await kv.get(k) for k in ("a", "live", "expired")]
+    assert a is not None and a.value == {"n": 1} and a.version == 1
+    assert live is not None and live.value == {"n": 0}
+    assert expired is not None and expired.value == {"n": 3} and expired.owner == alice
+    assert await kv.create_many([]) == []
+
+
 async def test_put_if_version(kv: KVStore) -> None:
     await kv.put("k", {"n": 1})
     assert (await kv.put("k", {"n": 2}, if_version=1)).version == 2
