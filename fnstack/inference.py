@@ -18,7 +18,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Any, Literal
 
 from fnstack.api.inference import (
@@ -194,7 +194,7 @@ class InferenceService:
             await self._store(result, request, owner)
         return result
 
-    async def _relay(
+    def _relay(
         self,
         chunks: AsyncIterator[ChatCompletionChunk],
         request: ChatCompletionRequest,
@@ -202,26 +202,8 @@ class InferenceService:
         cid: str,
         owner: Owner,
         store: bool,
-    ) -> AsyncIterator[ChatCompletionChunk]:
-        include_usage = bool(request.stream_options and request.stream_options.include_usage)
-        acc = _Assembler()
-        created = int(time.time())
-        try:
-            async for chunk in chunks:
-                chunk.id, chunk.model, chunk.created = cid, public, created
-                acc.add(chunk)
-                if not include_usage:
-                    if not chunk.choices:
-                        continue  # the usage-only chunk nobody asked for
-                    chunk.usage = None
-                yield chunk
-        finally:
-            aclose = getattr(chunks, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        # Reached only when the stream ended normally: the client got every chunk.
-        if store:
-            await self._store(acc.completion(cid, public, created), request, owner)
+    ) -> _Relay:
+        return _Relay(self, chunks, request, public, cid, owner, store)
 
     async def _store(
         self, completion: ChatCompletion, request: ChatCompletionRequest, owner: Owner
@@ -390,6 +372,84 @@ class InferenceService:
     async def close(self) -> None:
         if self.writer is not None:
             await self.writer.close()
+
+
+class _Relay:
+    """The provider's chunks under the public model name and the fnstack id, assembled
+    for the stored copy as they pass; stored once the stream has ended normally.
+
+    ``ready()`` says whether the next chunk has already arrived, so the route can write
+    everything that is here in one go (never holding a chunk back for the next).
+    """
+
+    def __init__(
+        self,
+        service: InferenceService,
+        chunks: AsyncIterator[ChatCompletionChunk],
+        request: ChatCompletionRequest,
+        public: str,
+        cid: str,
+        owner: Owner,
+        store: bool,
+    ) -> None:
+        self._chunks = chunks
+        self._buffered = getattr(chunks, "buffered", None)
+        self._include_usage = bool(
+            request.stream_options and request.stream_options.include_usage
+        )
+        self._gen = self._run(service, request, public, cid, owner, store)
+
+    def __aiter__(self) -> _Relay:
+        return self
+
+    def __anext__(self) -> Awaitable[ChatCompletionChunk]:
+        return self._gen.__anext__()
+
+    def ready(self) -> bool:
+        if self._buffered is None:
+            return False
+        nxt = self._buffered()
+        # A usage-only chunk nobody asked for is dropped, and the one after it may not
+        # be here yet: not ready, to be safe.
+        return nxt is not None and (self._include_usage or bool(nxt.choices))
+
+    async def aclose(self) -> None:
+        try:
+            await self._gen.aclose()
+        finally:
+            aclose = getattr(self._chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def _run(
+        self,
+        service: InferenceService,
+        request: ChatCompletionRequest,
+        public: str,
+        cid: str,
+        owner: Owner,
+        store: bool,
+    ) -> AsyncGenerator[ChatCompletionChunk, None]:
+        chunks = self._chunks
+        include_usage = self._include_usage
+        acc = _Assembler()
+        created = int(time.time())
+        try:
+            async for chunk in chunks:
+                chunk.id, chunk.model, chunk.created = cid, public, created
+                acc.add(chunk)
+                if not include_usage:
+                    if not chunk.choices:
+                        continue  # the usage-only chunk nobody asked for
+                    chunk.usage = None
+                yield chunk
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        # Reached only when the stream ended normally: the client got every chunk.
+        if store:
+            await service._store(acc.completion(cid, public, created), request, owner)
 
 
 async def _rename(chunks: AsyncIterator[Completion], public: str) -> AsyncIterator[Completion]:

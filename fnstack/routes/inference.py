@@ -52,11 +52,24 @@ def _owner(request: Request) -> Owner:
     return Owner()
 
 
+def _chunk_json(chunk: BaseModel) -> bytes:
+    # model_dump_json's bytes, without the round trip through str.
+    return chunk.__pydantic_serializer__.to_json(chunk, exclude_none=True)
+
+
 async def _sse(first: BaseModel, rest: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+    # Chunks that have already arrived go out together: one write, not one each.
+    ready = getattr(rest, "ready", None)
     try:
-        yield b"data: " + first.model_dump_json(exclude_none=True).encode() + b"\n\n"
+        parts = [b"data: ", _chunk_json(first), b"\n\n"]
+        while ready is not None and ready():
+            parts += (b"data: ", _chunk_json(await anext(rest)), b"\n\n")
+        yield b"".join(parts)
         async for chunk in rest:
-            yield b"data: " + chunk.model_dump_json(exclude_none=True).encode() + b"\n\n"
+            parts = [b"data: ", _chunk_json(chunk), b"\n\n"]
+            while ready is not None and ready():
+                parts += (b"data: ", _chunk_json(await anext(rest)), b"\n\n")
+            yield b"".join(parts)
     except FnstackError as exc:
         yield b"data: " + json.dumps(exc.to_dict()).encode() + b"\n\n"
         return

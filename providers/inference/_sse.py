@@ -70,18 +70,28 @@ class SSEEvents:
         return None
 
     def feed(self, part: bytes) -> list[tuple[str, str]]:
-        """(event name, data) of every event completed by ``part``."""
-        self._buffer += part
+        """(event name, data) of every event completed by ``part``.
+
+        Lines end with LF, CRLF or a lone CR, as the SSE format allows.
+        """
+        buffer = self._buffer + part if self._buffer else part
+        if b"\r" in buffer:
+            # A CR last may be the first half of a CRLF: wait for the next part.
+            held = buffer.endswith(b"\r")
+            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            if held:
+                buffer = buffer[:-1]
+            lines = buffer.split(b"\n")
+            self._buffer = lines.pop() + (b"\r" if held else b"")
+        else:
+            lines = buffer.split(b"\n")
+            self._buffer = lines.pop()
         out: list[tuple[str, str]] = []
-        while True:
-            end = self._buffer.find(b"\n")
-            if end < 0:
-                return out
+        for raw in lines:
             # Decoding whole lines only: a UTF-8 character split across parts is whole here.
-            line = self._buffer[:end].rstrip(b"\r").decode("utf-8", "replace")
-            self._buffer = self._buffer[end + 1 :]
-            if event := self.line(line):
+            if event := self.line(raw.decode("utf-8", "replace")):
                 out.append(event)
+        return out
 
     def finish(self) -> list[tuple[str, str]]:
         """What a stream left without its final newline(s)."""

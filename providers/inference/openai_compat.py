@@ -25,6 +25,7 @@ Example run config::
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import email.utils
 import json
@@ -218,27 +219,36 @@ class _SSEStream(Generic[T]):
         self._model = model
         self._base_url = base_url
         self._events = self._parse()
-        self._peeked: T | None = None
+        # Chunks parsed from what has already arrived, not yet handed out.
+        self._ready: collections.deque[T] = collections.deque()
 
     def __aiter__(self) -> _SSEStream[T]:
         return self
 
     async def __anext__(self) -> T:
-        if self._peeked is not None:
-            item, self._peeked = self._peeked, None
-            return item
+        if self._ready:
+            return self._ready.popleft()
         try:
-            return await self._events.__anext__()
+            await self._events.__anext__()
         except BaseException:
             # Ended, broken, or cancelled: the upstream response is of no further use.
             await self.aclose()
             raise
+        return self._ready.popleft()
+
+    def buffered(self) -> T | None:
+        """The next chunk if it has already arrived (taking it needs no I/O), else None.
+
+        Lets a relay write every chunk that is already here in one go, without ever
+        holding one back to wait for the next.
+        """
+        return self._ready[0] if self._ready else None
 
     async def peek(self) -> None:
         """Read the first event, so an error the upstream sends first surfaces with its
         status before the caller starts its own stream (then there is no status left)."""
         try:
-            self._peeked = await self._events.__anext__()
+            await self._events.__anext__()
         except StopAsyncIteration:
             pass
         except BaseException:
@@ -249,24 +259,40 @@ class _SSEStream(Generic[T]):
         await self._events.aclose()
         await self._response.aclose()
 
-    async def _parse(self) -> AsyncGenerator[T, None]:
+    async def _parse(self) -> AsyncGenerator[None, None]:
+        """Reads the body as it comes; yields (nothing) each time it has put at least one
+        chunk in ``_ready``: everything one read completed, parsed at once."""
         finished = False  # a finish_reason was seen: the answer is complete
         events = SSEEvents()
-        lines = self._response.aiter_lines()
+        ready = self._ready
+        parts = self._response.aiter_bytes()
         with _map_transport_errors(self._base_url):
-            async for line in lines:
-                if (event := events.line(line)) is None:
-                    continue
-                kind, payload = event
-                if payload.strip() == "[DONE]":
-                    await _drain(lines)
+            async for part in parts:
+                done = False
+                for kind, payload in events.feed(part):
+                    if payload.strip() == "[DONE]":
+                        done = True
+                        break
+                    try:
+                        chunk = parse_chunk(self._model, kind, payload, "upstream")
+                    except UpstreamError:
+                        if ready:
+                            yield  # what came before the error goes out first
+                        raise
+                    finished = finished or finishes(chunk)
+                    ready.append(chunk)
+                if ready:
+                    yield
+                if done:
+                    await _drain(parts)
                     return
-                chunk = parse_chunk(self._model, kind, payload, "upstream")
-                finished = finished or finishes(chunk)
-                yield chunk
-        tail = events.line("")
-        if tail and tail[1].strip() == "[DONE]":
-            return  # no blank line after the last event: lenient, as browsers are
+        for kind, payload in events.finish():
+            if payload.strip() == "[DONE]":
+                return  # no blank line after the last event: lenient, as browsers are
+            chunk = parse_chunk(self._model, kind, payload, "upstream")
+            finished = finished or finishes(chunk)
+            ready.append(chunk)
+            yield
         if not finished:
             raise UpstreamError(
                 f"upstream {self._base_url} ended the stream before it was complete "
@@ -274,7 +300,7 @@ class _SSEStream(Generic[T]):
             )
 
 
-async def _drain(lines: AsyncIterator[str]) -> None:
+async def _drain(parts: AsyncIterator[bytes]) -> None:
     """Read what follows [DONE] (normally just the end of the chunked body).
 
     A response closed before its body ends takes its connection down with it; read to
@@ -283,7 +309,7 @@ async def _drain(lines: AsyncIterator[str]) -> None:
     """
     with contextlib.suppress(TimeoutError, httpx.HTTPError):
         async with asyncio.timeout(_DRAIN_SECONDS):
-            async for _ in lines:
+            async for _ in parts:
                 pass
 
 
