@@ -387,6 +387,11 @@ class OnnxEmbeddingsProvider:
                         ) from exc
         return self._runtime
 
+    async def warmup(self) -> None:
+        """Load the graph now (exporting it first if needed): the local server calls this
+        at start, so the first request does not pay for it."""
+        await self._get_runtime()
+
     async def list_models(self) -> list[ProviderModel]:
         return [
             ProviderModel(
