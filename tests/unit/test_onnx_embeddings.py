@@ -385,3 +385,17 @@ async def test_prebuilt_layer_folder_is_used_without_weights(
         assert not (tmp_path / "empty-cache").exists()  # nothing exported at run time
     finally:
         await layered.shutdown()
+
+
+async def test_warmup_loads_the_graph_before_any_request(graph: Path, cache_dir: Path) -> None:
+    from providers.inference.onnx_embeddings import create as create_provider
+
+    fresh = await create_provider(
+        OnnxEmbeddingsConfig(), ProviderContext(provider_id="warm", cache_dir=cache_dir)
+    )
+    try:
+        assert fresh._runtime is None
+        await fresh.warmup()
+        assert fresh._runtime is not None
+    finally:
+        await fresh.shutdown()
