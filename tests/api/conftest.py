@@ -71,6 +71,11 @@ def api(
     tmp = tmp_path_factory.mktemp(f"api-{request.param}")
     starter = _local if request.param == "local" else _gateway
     yield from starter(tmp, {"FNSTACK_OPENAI_BASE_URL": llamacpp.base_url})
+    # No request of the suite may end in a 500: bad input and upstream faults each have
+    # their own status. The access log (JSON lines) says how every request ended.
+    errors = [line for log in tmp.glob("*.log") for line in log.read_text().splitlines()
+              if '"status": 500' in line or '"message": "stream failed"' in line]
+    assert not errors, f"{len(errors)} request(s) answered 500:\n" + "\n".join(errors[:5])
 
 
 @pytest.fixture
