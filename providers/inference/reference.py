@@ -209,13 +209,19 @@ class ReferenceProvider:
         )
 
         async def pump(i: int, stream: AsyncIterator[GenerationDelta]) -> None:
+            # Each pump task owns its stream, closing included: only the task iterating
+            # an async generator may close it ("aclose(): asynchronous generator is
+            # already running" otherwise), and it must close even when cancelled.
             try:
                 async for delta in stream:
-                    await queue.put((i, delta))
+                    queue.put_nowait((i, delta))
             except BaseException as exc:  # handed to the consumer, raised there
-                await queue.put((i, exc))
+                queue.put_nowait((i, exc))
             finally:
-                await queue.put((i, None))
+                queue.put_nowait((i, None))
+                aclose = getattr(stream, "aclose", None)
+                if aclose is not None:
+                    await aclose()
 
         for i in range(len(streams)):
             yield chunk([ChunkChoice(index=i, delta=ChoiceDelta(role="assistant", content=""))])
@@ -266,12 +272,10 @@ class ReferenceProvider:
                                   completion_tokens=completion_tokens,
                                   total_tokens=prompt_tokens + completion_tokens))
         finally:
+            # No await here: on a client disconnect this runs inside a cancelled scope.
+            # Cancelling a pump ends its stream, which frees the engine's slot.
             for t in tasks:
                 t.cancel()
-            for s in streams:
-                aclose = getattr(s, "aclose", None)
-                if aclose is not None:
-                    await aclose()
 
     # --- legacy completions -------------------------------------------------------------------
 
