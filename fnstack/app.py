@@ -77,20 +77,21 @@ def create_app(
     app.state.apis = served
 
     _install_error_handlers(app)
-    from fnstack.routes import admin
-
-    app.include_router(admin.health_router)
-    modules: list[str] = []
-    for api in served:
-        module = ROUTERS.get(api)
-        if module and module not in modules:
-            modules.append(module)
-    for module in modules:
-        app.include_router(importlib.import_module(module).router)
+    _include_routers(app, served)
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.server.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+def _include_routers(app: FastAPI, apis: Iterable[Api]) -> None:
+    """Health and version, then each API group's router once (admin serves two groups)."""
+    from fnstack.routes import admin
+
+    app.include_router(admin.health_router)
+    modules = dict.fromkeys(ROUTERS[api] for api in apis if api in ROUTERS)
+    for module in modules:
+        app.include_router(importlib.import_module(module).router)
 
 
 def _served_apis(config: RunConfig, apis: Iterable[Api | str] | None) -> list[Api]:
@@ -325,13 +326,5 @@ def route_table(app: FastAPI) -> list[dict[str, Any]]:
     the table comes from every API the config enables, not only this app's own routes.
     """
     full = FastAPI()
-    from fnstack.routes import admin
-
-    full.include_router(admin.health_router)
-    modules: list[str] = []
-    for api in _served_apis(app.state.stack.config, None):
-        module = ROUTERS.get(api)
-        if module and module not in modules:
-            modules.append(module)
-            full.include_router(importlib.import_module(module).router)
+    _include_routers(full, _served_apis(app.state.stack.config, None))
     return served_routes(full)
