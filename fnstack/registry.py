@@ -218,10 +218,7 @@ class Registry:
             if match is not None:
                 return self._entry(pid, match, model_id)
             if not reported:
-                return ModelEntry(
-                    identifier=model_id, provider_id=pid, provider_resource_id=rest,
-                    source="provider", created=self._started,
-                )
+                return self._entry(pid, ProviderModel(provider_resource_id=rest), model_id)
         return None
 
     async def _stored(self, model_id: str) -> ModelEntry | None:
