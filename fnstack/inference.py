@@ -188,22 +188,11 @@ class InferenceService:
         )
         result = await provider.chat_completion(upstream)
         if not isinstance(result, ChatCompletion):
-            return self._relay(result, request, public, cid, owner, bool(store))
+            return _Relay(self, result, request, public, cid, owner, bool(store))
         result.id, result.model = cid, public
         if store:
             await self._store(result, request, owner)
         return result
-
-    def _relay(
-        self,
-        chunks: AsyncIterator[ChatCompletionChunk],
-        request: ChatCompletionRequest,
-        public: str,
-        cid: str,
-        owner: Owner,
-        store: bool,
-    ) -> _Relay:
-        return _Relay(self, chunks, request, public, cid, owner, store)
 
     async def _store(
         self, completion: ChatCompletion, request: ChatCompletionRequest, owner: Owner
@@ -225,10 +214,15 @@ class InferenceService:
             )
         return self.writer.store
 
-    async def _record(self, completion_id: str, owner: Owner) -> tuple[dict[str, Any], int]:
+    async def _flushed_history(self) -> KVStore:
+        """The history store once every write submitted so far has landed."""
         store = self._history()
         assert self.writer is not None
         await self.writer.flush()
+        return store
+
+    async def _record(self, completion_id: str, owner: Owner) -> tuple[dict[str, Any], int]:
+        store = await self._flushed_history()
         rec = await store.get(_KEY + completion_id) if completion_id else None
         if rec is None or rec.owner.principal != owner.principal:
             raise NotFoundError(
@@ -246,13 +240,8 @@ class InferenceService:
         model: str | None = None,
         metadata: dict[str, str] | None = None,
     ) -> ChatCompletionList:
-        store = self._history()
-        assert self.writer is not None
-        await self.writer.flush()
-        if not 1 <= limit <= MAX_LIST_LIMIT:
-            raise InvalidRequestError(
-                f"limit must be between 1 and {MAX_LIST_LIMIT}", param="limit"
-            )
+        store = await self._flushed_history()
+        _check_limit(limit)
         cursor = encode_cursor(_KEY + after) if after else None
         out: list[ChatCompletion] = []
         has_more = False
@@ -293,10 +282,7 @@ class InferenceService:
         limit: int = 20,
         order: Literal["asc", "desc"] = "asc",
     ) -> ChatCompletionMessageList:
-        if not 1 <= limit <= MAX_LIST_LIMIT:
-            raise InvalidRequestError(
-                f"limit must be between 1 and {MAX_LIST_LIMIT}", param="limit"
-            )
+        _check_limit(limit)
         value, _ = await self._record(completion_id, owner)
         messages = [
             StoredMessage(id=f"{completion_id}-{i}", **m)
@@ -469,6 +455,11 @@ def _completion(value: dict[str, Any]) -> ChatCompletion:
     # OpenAI returns metadata on stored completions; keep it as an extra field.
     completion.metadata = value.get("metadata") or {}  # type: ignore[attr-defined]
     return completion
+
+
+def _check_limit(limit: int) -> None:
+    if not 1 <= limit <= MAX_LIST_LIMIT:
+        raise InvalidRequestError(f"limit must be between 1 and {MAX_LIST_LIMIT}", param="limit")
 
 
 def _check_chat(request: ChatCompletionRequest) -> None:
