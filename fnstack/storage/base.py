@@ -146,6 +146,20 @@ def _check_key(key: str) -> None:
         raise InvalidRequestError(f"storage keys must be 1-{MAX_KEY_LENGTH} bytes of UTF-8")
 
 
+def _encode(
+    key: str, value: dict[str, Any], version: int, owner: Owner | None, expires_at: float | None
+) -> RawRecord:
+    who = owner or ANONYMOUS
+    return RawRecord(
+        key=key,
+        value=json.dumps(value, separators=(",", ":"), ensure_ascii=False),
+        version=version,
+        owner=who.principal,
+        owner_json=json.dumps(who.to_dict(), separators=(",", ":")),
+        expires_at=expires_at,
+    )
+
+
 class KVStore(ABC):
     """A kv namespace. Subclasses implement the primitives; this class owns the rules."""
 
@@ -187,15 +201,7 @@ class KVStore(ABC):
             current = self._live(await self._get(key), now)
             cond = Condition("none", now)
             version = current.version + 1 if current else 1
-        who = owner or ANONYMOUS
-        raw = RawRecord(
-            key=key,
-            value=json.dumps(value, separators=(",", ":"), ensure_ascii=False),
-            version=version,
-            owner=who.principal,
-            owner_json=json.dumps(who.to_dict(), separators=(",", ":")),
-            expires_at=now + ttl if ttl is not None else None,
-        )
+        raw = _encode(key, value, version, owner, now + ttl if ttl is not None else None)
         if not await self._put(raw, cond):
             what = "exists" if cond.kind == "absent" else f"is not at version {if_version}"
             raise PreconditionFailedError(f"record {key!r} {what}")
@@ -211,15 +217,7 @@ class KVStore(ABC):
         raws = []
         for key, value, owner in items:
             _check_key(key)
-            who = owner or ANONYMOUS
-            raws.append(RawRecord(
-                key=key,
-                value=json.dumps(value, separators=(",", ":"), ensure_ascii=False),
-                version=1,
-                owner=who.principal,
-                owner_json=json.dumps(who.to_dict(), separators=(",", ":")),
-                expires_at=None,
-            ))
+            raws.append(_encode(key, value, 1, owner, None))
         return await self._put_many(raws, Condition("absent", now))
 
     async def delete(self, key: str, *, if_version: int | None = None) -> bool:
