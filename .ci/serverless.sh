@@ -29,7 +29,7 @@ fi
   || "$VENV/bin/pip" install --quiet --disable-pip-version-check "aws-sam-translator==1.115.0"
 
 echo "== validate template.yaml (SAM transform + cfn-lint)"
-"$VENV/bin/python" infra/validate_template.py
+"$VENV/bin/python" -m fnstack_dev.validate_template
 
 echo "== prebuild the layer's models (ONNX export needs torch: the project's venv)"
 "$VENV/bin/python" infra/prebuild_models.py

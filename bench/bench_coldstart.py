@@ -102,9 +102,9 @@ def main() -> int:
     parser.add_argument("--config", help="run config for the functions (default: template's)")
     args = parser.parse_args()
 
-    from fnstack.cli_lambda import function_env
-    from fnstack.template import load_template
-    from infra.emulate import EmulatedAws
+    from fnstack_dev.cli import function_env
+    from fnstack_dev.emulate import EmulatedAws
+    from fnstack_dev.template import load_template
 
     template = load_template(ROOT / "template.yaml")
     results: dict[str, list[dict[str, float]]] = {}

@@ -126,10 +126,15 @@ def check_config(config: str) -> None:
     click.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
 
 
-from fnstack.cli_lambda import gateway, invoke  # noqa: E402  (registered after main exists)
-
-main.add_command(invoke)
-main.add_command(gateway)
+# The development tools (fnstack_dev) are left out of the Lambda layer: without them
+# the CLI still works, minus `invoke` and `gateway`.
+try:
+    from fnstack_dev.cli import gateway, invoke
+except ImportError:  # pragma: no cover - only in the layer
+    pass
+else:
+    main.add_command(invoke)
+    main.add_command(gateway)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 # What inline::onnx-embeddings reads from a model folder besides the graph.
 MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json",

@@ -1,7 +1,7 @@
 """``remote::sagemaker``: a SageMaker real-time endpoint running fnstack's inference image.
 
 The container speaks the OpenAI wire format on ``/invocations``
-(`fnstack.sagemaker_server`), so this provider is a relay over SageMaker Runtime:
+(`fnstack_dev.sagemaker_server`), so this provider is a relay over SageMaker Runtime:
 
 - InvokeEndpoint: the body is the OpenAI request JSON; the answer a ChatCompletion,
   Completion or EmbeddingList;

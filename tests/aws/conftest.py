@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
 EVENTS = ROOT / "events"
-sys.path.insert(0, str(ROOT))  # infra/ is a folder of the project, not of the package
 
 # A run config with the aws distribution's storage and queue but no inference provider:
 # these tests are about the Lambda glue, not about models.

@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from fnstack.gateway import Gateway
-from fnstack.template import load_template
+from fnstack_dev.gateway import Gateway
+from fnstack_dev.template import load_template
 from tests.support.gateway import emulated_gateway
 
 # A template of its own: an echo function shows exactly which event each request made.
@@ -70,7 +70,7 @@ def echo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.AsyncClient
     (root / "code").mkdir()
     (root / "code" / "echo.py").write_text(ECHO_MODULE)
     (root / "template.yaml").write_text(ECHO_TEMPLATE)
-    from fnstack.template import Resolver
+    from fnstack_dev.template import Resolver
 
     template = load_template(root / "template.yaml")
     app = Gateway(template, {"Echo": template.environment("Echo", Resolver(template))})

@@ -12,8 +12,8 @@ import yaml
 from fnstack.app import create_app, served_routes
 from fnstack.config import parse_config
 from fnstack.spec import Api
-from fnstack.template import Resolver, Template, load_template, match_route
-from infra import validate_template
+from fnstack_dev import validate_template
+from fnstack_dev.template import Resolver, Template, load_template, match_route
 from tests.aws.conftest import MINIMAL_AWS_CONFIG, TEMPLATE
 from tests.support import aws as aws_support
 
@@ -144,7 +144,7 @@ def test_function_environment_points_at_the_resources(template: Template) -> Non
 
 
 def test_emulated_resources_match_the_template(template: Template) -> None:
-    from infra.emulate import EmulatedAws
+    from fnstack_dev.emulate import EmulatedAws
 
     with EmulatedAws(template) as aws:
         ddb = aws.client("dynamodb")

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from infra.emulate import CREDENTIALS as FAKE_ENV
-from infra.emulate import REGION, MotoServer, client
+from fnstack_dev.emulate import CREDENTIALS as FAKE_ENV
+from fnstack_dev.emulate import REGION, MotoServer, client
 
 __all__ = [
     "DYNAMODB_TABLE_SCHEMA",

@@ -37,7 +37,7 @@ from fnstack.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
-from fnstack.sagemaker_server import create_sagemaker_app
+from fnstack_dev.sagemaker_server import create_sagemaker_app
 from fnstack.spec import ProviderContext, load_spec
 from fnstack.stack import Stack
 from providers.inference._sse import SSEEvents

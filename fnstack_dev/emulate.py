@@ -27,7 +27,7 @@ from typing import Any
 
 import boto3
 
-from fnstack.template import Resolver, Template
+from fnstack_dev.template import Resolver, Template
 
 REGION = "us-east-1"
 ACCOUNT_ID = "123456789012"  # moto's default account

@@ -15,7 +15,7 @@ caller as a ModelError (``OriginalStatusCode``, ``OriginalMessage``), which
 Providers are called directly (registry -> provider), not through the HTTP routes, so
 the container needs no more than the inference providers of its run config::
 
-    python -m fnstack.sagemaker_server --config /opt/ml/fnstack.yaml   # port 8080
+    python -m fnstack_dev.sagemaker_server --config /opt/ml/fnstack.yaml   # port 8080
 """
 
 from __future__ import annotations

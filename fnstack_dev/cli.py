@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from fnstack.template import Resolver, Template, TemplateError, load_template
+from fnstack_dev.template import Resolver, Template, TemplateError, load_template
 
 __all__ = ["gateway", "invoke"]
 
@@ -54,13 +54,10 @@ def _aws(template: Template, emulate: bool) -> Iterator[tuple[Resolver, dict[str
     if not emulate:
         yield Resolver(template), {}, None
         return
-    # infra/ sits next to template.yaml in the project, not in the installed package.
-    sys.path.insert(0, str(template.root))
     try:
-        from infra.emulate import EmulatedAws
+        from fnstack_dev.emulate import EmulatedAws
     except ImportError as exc:
-        _fail(f"--emulate-aws needs infra/emulate.py next to the template and moto[server] "
-              f"installed ({exc})")
+        _fail(f"--emulate-aws needs moto[server] and boto3: pip install 'fnstack[dev]' ({exc})")
         raise
     with EmulatedAws(template) as aws:
         yield aws.resolver(), aws.env, aws
@@ -89,7 +86,7 @@ def invoke(function_id: str, event_path: str, template_path: str, env_pairs: tup
 
     Prints the Lambda response JSON (like `sam local invoke`, without Docker).
     """
-    from fnstack.gateway import LocalFunction
+    from fnstack_dev.gateway import LocalFunction
 
     template = _load(template_path)
     try:
@@ -138,7 +135,7 @@ def gateway(port: int, host: str, template_path: str, env_pairs: tuple[str, ...]
         return
     import asyncio
 
-    from fnstack.gateway import Gateway
+    from fnstack_dev.gateway import Gateway
 
     template = _load(template_path)
     overrides = _pairs(env_pairs)

@@ -38,7 +38,7 @@ from urllib.parse import parse_qsl
 from starlette.types import Receive, Scope, Send
 
 from fnstack.lambda_runtime import LambdaContext
-from fnstack.template import LAMBDA_PAYLOAD_LIMIT, FunctionDef, Route, Template, match_route
+from fnstack_dev.template import LAMBDA_PAYLOAD_LIMIT, FunctionDef, Route, Template, match_route
 
 __all__ = ["Gateway", "LocalFunction", "rest_event"]
 

@@ -4,7 +4,7 @@ No AWS call is made: the managed-policy map that the translator would fetch from
 a stub naming the AWS-managed policies SAM attaches. Exit status 1 on any cfn-lint error
 (warnings and informational findings are printed, not fatal).
 
-    python infra/validate_template.py [template.yaml] [--region us-east-1] [--print]
+    python -m fnstack_dev.validate_template [template.yaml] [--region us-east-1] [--print]
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_TEMPLATE = ROOT / "template.yaml"
+DEFAULT_TEMPLATE = Path("template.yaml")
 # `sam build` fills ImageUri from the image it builds; the translator insists on one.
 PLACEHOLDER_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/fnstack-inference:latest"
 

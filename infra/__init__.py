@@ -1,1 +1,0 @@
-"""Deployment helpers: template validation, AWS emulation, build budgets."""
