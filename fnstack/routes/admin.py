@@ -13,8 +13,6 @@ from fnstack.stack import Stack
 health_router = APIRouter(tags=["core"])
 router = APIRouter()
 
-_SECRET_WORDS = ("key", "secret", "token", "password", "credential")
-
 
 def _stack(request: Request) -> Stack:
     stack: Stack = request.app.state.stack
@@ -38,14 +36,11 @@ async def routes(request: Request) -> dict[str, Any]:
     return {"data": route_table(request.app)}
 
 
-def _redact(value: Any, key: str = "") -> Any:
-    if isinstance(value, dict):
-        return {k: _redact(v, k) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_redact(v, key) for v in value]
-    if value and any(w in key.lower() for w in _SECRET_WORDS):
-        return "********"
-    return value
+def _redact(value: Any) -> Any:
+    """Secrets masked by type: secret-named fields, header values, URL credentials."""
+    from fnstack.redact import redact
+
+    return redact(value)
 
 
 def _info(stack: Stack, provider_id: str) -> dict[str, Any]:

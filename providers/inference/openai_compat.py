@@ -59,6 +59,7 @@ from fnstack.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
+from fnstack.redact import scrub_url
 from fnstack.spec import Api, ProviderContext, ProviderModel, ProviderSpec
 from providers.inference._sse import QUOTE, SSEEvents, error_fields, finishes, parse_chunk
 
@@ -118,7 +119,7 @@ class OpenAICompatConfig(BaseModel):
         url = httpx.URL(value)
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError(
-                f"base_url must be an http(s) URL like http://host:8000/v1, got {value!r}"
+                f"base_url must be an http(s) URL like http://host:8000/v1, got {scrub_url(value)!r}"
             )
         return value.rstrip("/")
 
@@ -322,7 +323,8 @@ class OpenAICompatProvider:
     def __init__(self, config: OpenAICompatConfig, client: httpx.AsyncClient) -> None:
         self.config = config
         self._client = client
-        self._base_url = config.base_url
+        # For messages and logs only (the client keeps the real one): no credentials.
+        self._base_url = scrub_url(config.base_url)
 
     def should_refresh_models(self) -> bool:
         return self.config.refresh_models
