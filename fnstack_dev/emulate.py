@@ -91,7 +91,9 @@ class MotoServer:
             if not self._fixed_port:
                 self.port = free_port(self.host)
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
+                # moto.server, with DynamoDB requests applied atomically (see the module)
+                [sys.executable, "-m", "fnstack_dev.moto_server", "-H", self.host,
+                 "-p", str(self.port)],
                 stdin=subprocess.DEVNULL,
                 stdout=self._log,
                 stderr=subprocess.STDOUT,

@@ -16,6 +16,21 @@ Conditional writes, as a backend must make them atomic::
 An expired record is never returned, even where the engine deletes it late (DynamoDB
 TTL takes up to days; moto never does), so the base filters on every read.
 
+Counters (`incr`): a record whose value holds only integer fields, changed by atomic
+increments; the quotas count requests and tokens with it. One increment, all or nothing::
+
+    incr(key, {f: d}, limits={f: L}, ttl)
+      stored, live ............ f' = f + d for every field (absent fields count from 0)
+                                  any f' > L ......... refused: None, nothing written
+                                  else ............... written, version + 1, expiry kept
+      absent or expired ....... a fresh record {f: d} (the expired count restarts at 0)
+                                  any d > L .......... refused: None, nothing written
+                                  else ............... written, version 1, expires now+ttl
+      live, not counters ...... ConflictError (code not_a_counter)
+
+A field named in ``limits`` but not in the deltas is checked with delta 0 (and then
+stored as 0), so one call can count a request and check a token budget together.
+
 **blob**: opaque objects under keys with a content type; put from bytes or a stream,
 get whole or streamed, head, delete, list by prefix.
 """
@@ -25,18 +40,25 @@ from __future__ import annotations
 import base64
 import builtins  # the stores' `list` methods shadow the builtin in class scope
 import json
+import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from fnstack.errors import InvalidRequestError, NotFoundError, PreconditionFailedError
+from fnstack.errors import (
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    PreconditionFailedError,
+)
 
 __all__ = [
     "BlobInfo",
     "BlobStore",
     "Condition",
+    "Increment",
     "KVPage",
     "KVRecord",
     "KVStore",
@@ -115,6 +137,49 @@ class Condition:
     kind: Literal["none", "absent", "version"]
     now: float
     version: int | None = None
+
+
+# Counter names become attribute names on DynamoDB (``n_<field>``): keep them plain.
+_COUNTER_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Increment:
+    """One `incr`, as a backend applies it. ``deltas`` names every field of ``limits``
+    (0 where the caller did not increment it); ``expires_at`` and the owner are for a
+    record the increment creates."""
+
+    key: str
+    deltas: dict[str, int]
+    limits: dict[str, int]
+    now: float
+    expires_at: float | None
+    owner: str
+    owner_json: str
+
+    def apply(self, current: dict[str, int]) -> dict[str, int] | None:
+        """The counts after adding to ``current``; None when a limit refuses them."""
+        counts = dict(current)
+        for name, delta in self.deltas.items():
+            counts[name] = counts.get(name, 0) + delta
+        if any(counts[name] > limit for name, limit in self.limits.items()):
+            return None
+        return counts
+
+    def fresh(self) -> dict[str, int] | None:
+        """The counts of a record created by this increment (absent or expired before)."""
+        return self.apply({})
+
+
+def counters_of(key: str, value: dict[str, Any]) -> dict[str, int]:
+    """``value`` as counters, or ConflictError when a field is not an integer."""
+    if all(type(v) is int for v in value.values()):
+        return value
+    raise ConflictError(
+        f"record {key!r} does not hold counters (incr needs a record of integer fields "
+        "only); use another key",
+        code="not_a_counter",
+    )
 
 
 def encode_cursor(key: str) -> str:
@@ -220,6 +285,45 @@ class KVStore(ABC):
             raws.append(_encode(key, value, 1, owner, None))
         return await self._put_many(raws, Condition("absent", now))
 
+    async def incr(
+        self,
+        key: str,
+        deltas: dict[str, int],
+        *,
+        limits: dict[str, int] | None = None,
+        ttl: float | None = None,
+        owner: Owner | None = None,
+    ) -> dict[str, int] | None:
+        """Add ``deltas`` to the counters under ``key`` atomically; every count after it.
+
+        Creates the record when absent or expired (counting from 0, expiring ``ttl``
+        seconds from now, owned by ``owner``); a live record keeps its expiry and owner.
+        With ``limits``, the whole increment is refused (None, nothing written) when any
+        field would end above its limit. See the module docstring for the cases.
+        """
+        _check_key(key)
+        limits = dict(limits or {})
+        if not deltas and not limits:
+            raise ValueError("incr needs at least one field")
+        for name, number in (*deltas.items(), *limits.items()):
+            if not _COUNTER_FIELD.fullmatch(name):
+                raise ValueError(f"invalid counter field {name!r}: use [A-Za-z0-9_], 1-64")
+            if type(number) is not int:
+                raise ValueError(f"counter {name!r}: {number!r} is not an integer")
+        now = time.time()
+        who = owner or ANONYMOUS
+        return await self._incr(
+            Increment(
+                key=key,
+                deltas={**dict.fromkeys(limits, 0), **deltas},
+                limits=limits,
+                now=now,
+                expires_at=now + ttl if ttl is not None else None,
+                owner=who.principal,
+                owner_json=json.dumps(who.to_dict(), separators=(",", ":")),
+            )
+        )
+
     async def delete(self, key: str, *, if_version: int | None = None) -> bool:
         """Delete ``key``; False when there was no live record."""
         _check_key(key)
@@ -318,6 +422,10 @@ class KVStore(ABC):
     @abstractmethod
     async def _delete(self, key: str, cond: Condition) -> bool:
         """Delete atomically under ``cond``; True when a live record was removed."""
+
+    @abstractmethod
+    async def _incr(self, inc: Increment) -> dict[str, int] | None:
+        """Apply ``inc`` atomically (see the module docstring); None when refused."""
 
     @abstractmethod
     async def _scan(

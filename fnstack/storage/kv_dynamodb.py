@@ -24,17 +24,54 @@ absent. Every conditional write is one request, so DynamoDB makes it atomic::
     put(if_version=N)     PutItem IF ver = :v AND (attribute_not_exists(exp) OR exp > :now)
     delete(if_version=N)  DeleteItem IF (the same)
     delete()              DeleteItem RETURN ALL_OLD -> was the old item live?
+
+Counters (`incr`) live in top-level number attributes ``n_<field>`` (no ``v``), because
+``ADD`` works only on top-level numbers; `_raw` turns them back into the value. ``ADD``
+cannot restart an expired count at 0, and an update expression has no branches, so an
+increment is one request in the common cases and a second one only after expiry::
+
+    1. UpdateItem  SET ver = if_not_exists(ver, 0) + 1, own/ownj/gsi1*/exp/ttl =
+                       if_not_exists(<attr>, <this increment's>)
+                   ADD n_f :d  (each field)
+                   IF    attribute_not_exists(pk)                   absent: created at d
+                                                                    (branch left out when
+                                                                    some d > L)
+                      OR (attribute_exists(pk) AND attribute_not_exists(v) AND live
+                          AND (attribute_not_exists(n_f) OR n_f <= L - d) ...)
+                   RETURN ALL_NEW ........................ the new counts
+       ConditionalCheckFailed, RETURN ALL_OLD, the old item says why:
+         none ............................ some d > L: refused -> None
+         live counters ................... a limit refused it -> None
+         live, a `put` record (has v) .... 3.
+         expired ......................... 2. (None when some d > L)
+    2. PutItem     the fresh record {n_f: d}, version 1, exp = now + ttl
+                   IF attribute_not_exists(pk) OR exp <= :now
+         written ......................... {f: d}
+         ConditionalCheckFailed .......... another writer restarted it first -> 1.
+    3. PutItem     v's integers + d as counters, IF ver = :seen AND live
+         (v not all integers: ConflictError)  ConditionalCheckFailed -> 1.
+
+Each retry means another writer's request succeeded, so the loop ends; it gives up
+(ConflictError) after a few rounds rather than spin.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
-from fnstack.errors import FnstackError, InternalError, PayloadTooLargeError
+from fnstack.errors import ConflictError, FnstackError, InternalError, PayloadTooLargeError
 from fnstack.storage._aws import call, shared_client, translate_client_error
-from fnstack.storage.base import Condition, KVStore, Order, RawRecord
+from fnstack.storage.base import (
+    Condition,
+    Increment,
+    KVStore,
+    Order,
+    RawRecord,
+    counters_of,
+)
 
 if TYPE_CHECKING:
     from botocore.exceptions import ClientError
@@ -57,10 +94,17 @@ _THROTTLED = frozenset(
     {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"}
 )
 _LIVE = "(attribute_not_exists(exp) OR exp > :now)"
+_COUNTER = "n_"  # attribute prefix of a counter field
+_INCR_ROUNDS = 8
 
 
 class _ConditionFailed(Exception):
-    """ConditionalCheckFailedException, before the boundary turns errors into fnstack's."""
+    """ConditionalCheckFailedException, before the boundary turns errors into fnstack's;
+    with the old item when the request asked for it (ReturnValuesOnConditionCheckFailure)."""
+
+    def __init__(self, item: dict[str, AttributeValueTypeDef] | None = None) -> None:
+        super().__init__()
+        self.item = item
 
 
 class DynamoDBKVStore(KVStore):
@@ -141,6 +185,136 @@ class DynamoDBKVStore(KVStore):
         expires_at = self._raw(old).expires_at
         return expires_at is None or expires_at > cond.now
 
+    async def _incr(self, inc: Increment) -> dict[str, int] | None:
+        fresh = inc.fresh()
+        for _ in range(_INCR_ROUNDS):
+            try:
+                return await self._update_counters(inc, create=fresh is not None)
+            except _ConditionFailed as failed:
+                old = failed.item
+            if old is None:
+                if fresh is None:
+                    return None
+                continue  # deleted since: go round
+            raw = self._raw(old)
+            if raw.expires_at is not None and raw.expires_at <= inc.now:
+                if fresh is None:
+                    return None
+                counter_item = self._counter_item(inc.key, fresh, 1, inc, None)
+                if await self._put_counters(
+                    counter_item, "attribute_not_exists(pk) OR exp <= :now", inc.now
+                ):
+                    return fresh
+                continue
+            if "v" not in old:
+                return None  # live counters: a limit refused the increment
+            # A live record that `put` wrote: convert it when its fields are integers.
+            counts = inc.apply(counters_of(inc.key, json.loads(raw.value)))
+            if counts is None:
+                return None
+            counter_item = self._counter_item(inc.key, counts, raw.version + 1, inc, raw)
+            if await self._put_counters(
+                counter_item, f"ver = :v AND {_LIVE}", inc.now, version=raw.version
+            ):
+                return counts
+        raise ConflictError(
+            f"counter {inc.key!r} changed under {_INCR_ROUNDS} attempts in a row; retry",
+            code="contention",
+        )
+
+    async def _update_counters(self, inc: Increment, *, create: bool) -> dict[str, int]:
+        names: dict[str, str] = {}
+        values: dict[str, UniversalAttributeValueTypeDef] = {
+            ":zero": {"N": "0"},
+            ":one": {"N": "1"},
+            ":now": {"N": _num(inc.now)},
+            ":own": {"S": inc.owner},
+            ":ownj": {"S": inc.owner_json},
+            ":g1pk": {"S": f"{self.namespace}#{inc.owner}"},
+            ":g1sk": {"S": inc.key},
+        }
+        sets = [
+            "ver = if_not_exists(ver, :zero) + :one",
+            "own = if_not_exists(own, :own)",
+            "ownj = if_not_exists(ownj, :ownj)",
+            "gsi1pk = if_not_exists(gsi1pk, :g1pk)",
+            "gsi1sk = if_not_exists(gsi1sk, :g1sk)",
+        ]
+        if inc.expires_at is not None:
+            sets += ["exp = if_not_exists(exp, :exp)", "#ttl = if_not_exists(#ttl, :ttl)"]
+            names["#ttl"] = "ttl"  # a reserved word in expressions
+            values[":exp"] = {"N": _num(inc.expires_at)}
+            values[":ttl"] = {"N": str(math.ceil(inc.expires_at))}
+        adds, limits = [], []
+        for i, (name, delta) in enumerate(inc.deltas.items()):
+            names[f"#n{i}"] = _COUNTER + name
+            values[f":d{i}"] = {"N": str(delta)}
+            adds.append(f"#n{i} :d{i}")
+            if name in inc.limits:
+                values[f":m{i}"] = {"N": str(inc.limits[name] - delta)}
+                limits.append(f"(attribute_not_exists(#n{i}) OR #n{i} <= :m{i})")
+        live = " AND ".join(["attribute_exists(pk)", "attribute_not_exists(v)", _LIVE, *limits])
+        condition = f"attribute_not_exists(pk) OR ({live})" if create else live
+        resp = await self._call(
+            self._client.update_item,
+            TableName=self.table,
+            Key=self._key(inc.key),
+            UpdateExpression=f"SET {', '.join(sets)} ADD {', '.join(adds)}",
+            ConditionExpression=condition,
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+            ReturnValues="ALL_NEW",
+            ReturnValuesOnConditionCheckFailure="ALL_OLD",
+        )
+        return _counters(resp["Attributes"])
+
+    async def _put_counters(
+        self,
+        item: dict[str, UniversalAttributeValueTypeDef],
+        condition: str,
+        now: float,
+        version: int | None = None,
+    ) -> bool:
+        values: dict[str, UniversalAttributeValueTypeDef] = {":now": {"N": _num(now)}}
+        if version is not None:
+            values[":v"] = {"N": str(version)}
+        try:
+            await self._call(
+                self._client.put_item,
+                TableName=self.table,
+                Item=item,
+                ConditionExpression=condition,
+                ExpressionAttributeValues=values,
+            )
+        except _ConditionFailed:
+            return False
+        return True
+
+    def _counter_item(
+        self,
+        key: str,
+        counts: dict[str, int],
+        version: int,
+        inc: Increment,
+        old: RawRecord | None,
+    ) -> dict[str, UniversalAttributeValueTypeDef]:
+        """A whole counter item: fresh (``old`` None) or converted from ``old``."""
+        owner = old.owner if old else inc.owner
+        expires_at = old.expires_at if old and old.expires_at is not None else inc.expires_at
+        item: dict[str, UniversalAttributeValueTypeDef] = {
+            **self._key(key),
+            "ver": {"N": str(version)},
+            "own": {"S": owner},
+            "ownj": {"S": old.owner_json if old else inc.owner_json},
+            "gsi1pk": {"S": f"{self.namespace}#{owner}"},
+            "gsi1sk": {"S": key},
+        }
+        item.update({_COUNTER + name: {"N": str(n)} for name, n in counts.items()})
+        if expires_at is not None:
+            item["exp"] = {"N": _num(expires_at)}
+            item["ttl"] = {"N": str(math.ceil(expires_at))}
+        return item
+
     async def _scan(
         self, prefix: str, start_after: str | None, order: Order, limit: int, owner: str | None
     ) -> list[RawRecord]:
@@ -215,9 +389,10 @@ class DynamoDBKVStore(KVStore):
     @staticmethod
     def _raw(item: dict[str, AttributeValueTypeDef]) -> RawRecord:
         exp = item.get("exp")
+        value = item["v"]["S"] if "v" in item else json.dumps(_counters(item))
         return RawRecord(
             key=item["sk"]["S"],
-            value=item["v"]["S"],
+            value=value,
             version=int(item["ver"]["N"]),
             owner=item["own"]["S"],
             owner_json=item["ownj"]["S"],
@@ -231,7 +406,9 @@ class DynamoDBKVStore(KVStore):
 
     def _boundary(self, exc: ClientError) -> Exception:
         if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-            return _ConditionFailed()
+            # botocore's stubs leave out the old item this request may ask for.
+            old = cast("dict[str, Any]", exc.response).get("Item")
+            return _ConditionFailed(old)
         return self._translate(exc)
 
     def _translate(self, exc: ClientError) -> FnstackError:
@@ -251,6 +428,14 @@ class DynamoDBKVStore(KVStore):
                 f"record too large for {what}: DynamoDB items hold at most 400 KB"
             )
         return None
+
+
+def _counters(item: dict[str, AttributeValueTypeDef]) -> dict[str, int]:
+    return {
+        name[len(_COUNTER) :]: int(value["N"])
+        for name, value in item.items()
+        if name.startswith(_COUNTER)
+    }
 
 
 def _num(value: float) -> str:

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from fnstack.storage.base import Condition, KVStore, Order, RawRecord
+from fnstack.storage.base import (
+    Condition,
+    Increment,
+    KVStore,
+    Order,
+    RawRecord,
+    counters_of,
+)
+
+T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (
@@ -103,6 +113,24 @@ class SqliteDatabase:
         (the hop costs several times what a small insert does); rowcount of each."""
         return await asyncio.to_thread(self._run_each, sql, rows)
 
+    def _transact(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            # IMMEDIATE takes the write lock before the read, so no other process can
+            # write between this transaction's read and its write.
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(self._conn)
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+            return result
+
+    async def transact(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn(connection)`` in one write transaction (read-modify-write), in a worker
+        thread; rolled back when it raises."""
+        return await asyncio.to_thread(self._transact, fn)
+
 
 class SqliteKVStore(KVStore):
     def __init__(self, db_path: Path, namespace: str) -> None:
@@ -162,6 +190,34 @@ class SqliteKVStore(KVStore):
             (self.namespace, key),
         )
         return bool(rows) and (rows[0][0] is None or rows[0][0] > cond.now)
+
+    async def _incr(self, inc: Increment) -> dict[str, int] | None:
+        def increment(conn: sqlite3.Connection) -> dict[str, int] | None:
+            row = conn.execute(
+                "SELECT value, version, owner, owner_json, expires_at FROM kv "
+                "WHERE namespace=? AND key=?",
+                (self.namespace, inc.key),
+            ).fetchone()
+            if row is not None and (row[4] is None or row[4] > inc.now):
+                counts = inc.apply(counters_of(inc.key, json.loads(row[0])))
+                # A live record keeps its owner; it keeps its expiry too, and gains the
+                # increment's when it had none (as DynamoDB's if_not_exists does).
+                version, owner, owner_json = row[1] + 1, row[2], row[3]
+                expires_at = row[4] if row[4] is not None else inc.expires_at
+            else:
+                counts = inc.fresh()
+                version, owner, owner_json = 1, inc.owner, inc.owner_json
+                expires_at = inc.expires_at
+            if counts is None:
+                return None
+            value = json.dumps(counts, separators=(",", ":"))
+            conn.execute(
+                _UPSERT,
+                (self.namespace, inc.key, value, version, owner, owner_json, expires_at),
+            )
+            return counts
+
+        return await self._db.transact(increment)
 
     async def _scan(
         self, prefix: str, start_after: str | None, order: Order, limit: int, owner: str | None

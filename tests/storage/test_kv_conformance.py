@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from fnstack.errors import InvalidRequestError, PreconditionFailedError
+from fnstack.errors import ConflictError, InvalidRequestError, PreconditionFailedError
 from fnstack.storage import KVRecord, KVStore, Owner
 from fnstack.storage.base import Order
 from fnstack.storage.kv_sqlite import SqliteDatabase, SqliteKVStore
@@ -326,6 +326,106 @@ async def test_limit_out_of_range(kv: KVStore, limit: int) -> None:
     with pytest.raises(InvalidRequestError) as err:
         await kv.list(limit=limit)
     assert err.value.param == "limit"
+
+
+# --- counters ----------------------------------------------------------------------------
+
+
+async def test_incr_sequential(kv: KVStore) -> None:
+    alice = Owner("alice", {"teams": ["red"]})
+    assert await kv.incr("c", {"requests": 1}, owner=alice) == {"requests": 1}
+    assert await kv.incr("c", {"requests": 2, "tokens": 10}) == {"requests": 3, "tokens": 10}
+    assert await kv.incr("c", {"tokens": -4}) == {"requests": 3, "tokens": 6}
+    got = await kv.get("c")
+    assert got is not None
+    assert (got.value, got.version, got.owner) == ({"requests": 3, "tokens": 6}, 3, alice)
+    assert _keys((await kv.list(owner="alice")).records) == ["c"]
+
+
+async def test_incr_limits_refuse_without_partial_writes(kv: KVStore) -> None:
+    limits = {"requests": 3, "tokens": 100}
+    for n in (1, 2, 3):
+        assert await kv.incr("c", {"requests": 1, "tokens": 30}, limits=limits) == {
+            "requests": n, "tokens": 30 * n,
+        }
+    # requests would reach 4: refused as a whole, tokens untouched too.
+    assert await kv.incr("c", {"requests": 1, "tokens": 1}, limits=limits) is None
+    # tokens would reach 110 though requests stay within theirs: refused as a whole.
+    assert await kv.incr("c", {"tokens": 20}, limits={"tokens": 100, "requests": 3}) is None
+    got = await kv.get("c")
+    assert got is not None and (got.value, got.version) == ({"requests": 3, "tokens": 90}, 3)
+    # A field only in limits is checked with delta 0 (and then stored as 0).
+    assert await kv.incr("d", {"requests": 1}, limits={"tokens": 5}) == {
+        "requests": 1, "tokens": 0,
+    }
+    # A fresh record over its limit is refused and never created.
+    assert await kv.incr("e", {"tokens": 6}, limits={"tokens": 5}) is None
+    assert await kv.get("e") is None
+
+
+async def test_incr_concurrent_increments_are_exact(open_kv: KVOpener, kv_namespace: str) -> None:
+    stores = [open_kv(kv_namespace) for _ in range(4)]
+    results = await asyncio.gather(
+        *[stores[i % 4].incr("c", {"n": 1}, ttl=60) for i in range(20)]
+    )
+    assert sorted(r["n"] for r in results if r is not None) == list(range(1, 21))
+    got = await stores[0].get("c")
+    assert got is not None and got.value == {"n": 20} and got.version == 20
+
+
+async def test_incr_concurrent_limit_admits_exactly_the_limit(kv: KVStore) -> None:
+    results = await asyncio.gather(*[kv.incr("c", {"n": 1}, limits={"n": 7}) for _ in range(20)])
+    assert sorted(r["n"] for r in results if r is not None) == list(range(1, 8))
+    assert results.count(None) == 13
+    got = await kv.get("c")
+    assert got is not None and got.value == {"n": 7}
+
+
+async def test_incr_expiry_restarts_the_count(kv: KVStore) -> None:
+    assert await kv.incr("c", {"n": 5}, ttl=0.4, owner=Owner("alice")) == {"n": 5}
+    first = await kv.get("c")
+    assert first is not None and first.expires_at is not None
+    # A live record keeps the expiry it was created with.
+    assert await kv.incr("c", {"n": 1}, ttl=100) == {"n": 6}
+    again = await kv.get("c")
+    assert again is not None and again.expires_at == pytest.approx(first.expires_at)
+    await asyncio.sleep(0.5)
+    assert await kv.get("c") is None
+    # Restarted at 0, with the new increment's owner, expiry and version 1; the limit
+    # applies to the new count, not to the stale 6.
+    assert await kv.incr("c", {"n": 2}, limits={"n": 3}, ttl=60, owner=Owner("bob")) == {"n": 2}
+    got = await kv.get("c")
+    assert got is not None and (got.value, got.version, got.owner) == ({"n": 2}, 1, Owner("bob"))
+    assert got.expires_at is not None and got.expires_at > first.expires_at + 50
+    # Expired and over the limit: refused, the expired record left as it was.
+    await kv.incr("x", {"n": 1}, ttl=-1)
+    assert await kv.incr("x", {"n": 4}, limits={"n": 3}) is None
+    assert await kv.get("x") is None
+
+
+async def test_incr_over_put_records(kv: KVStore) -> None:
+    await kv.put("ints", {"n": 4, "m": 1})
+    assert await kv.incr("ints", {"n": 1}) == {"n": 5, "m": 1}
+    got = await kv.get("ints")
+    assert got is not None and (got.value, got.version) == ({"n": 5, "m": 1}, 2)
+    assert await kv.incr("ints", {"n": 1}, limits={"n": 5}) is None
+    await kv.put("text", {"n": "four"})
+    with pytest.raises(ConflictError) as err:
+        await kv.incr("text", {"n": 1})
+    assert err.value.code == "not_a_counter"
+    await kv.put("old", {"n": "x"}, ttl=-1)  # expired: replaced, whatever it held
+    assert await kv.incr("old", {"n": 1}) == {"n": 1}
+
+
+async def test_incr_rejects_bad_fields(kv: KVStore) -> None:
+    with pytest.raises(ValueError):
+        await kv.incr("c", {"bad-name": 1})
+    with pytest.raises(ValueError):
+        await kv.incr("c", {"n": 1.5})  # type: ignore[dict-item]
+    with pytest.raises(ValueError):
+        await kv.incr("c", {})
+    with pytest.raises(InvalidRequestError):
+        await kv.incr("", {"n": 1})
 
 
 # --- concurrency -------------------------------------------------------------------------
