@@ -136,6 +136,10 @@ else:
     main.add_command(invoke)
     main.add_command(gateway)
 
+from fnstack.cli_keys import keys  # noqa: E402  (registered after main exists)
+
+main.add_command(keys)
+
 
 if __name__ == "__main__":
     main()

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from fnstack.auth import AuthConfig
 from fnstack.errors import ConfigError
 from fnstack.spec import CORE_APIS, Api, load_spec
 from fnstack.storage import StorageConfig
@@ -123,6 +124,8 @@ class RunConfig(_Strict):
     queues: dict[str, QueueConfig] = {}
     inference_store: InferenceStoreConfig = InferenceStoreConfig()
     logging: LoggingConfig = LoggingConfig()
+    # Who may call: api_keys, jwt, custom, authorizer, or none (see docs/auth.md).
+    auth: AuthConfig = AuthConfig()
     # Where providers cache derived artefacts (dequantized weights, ONNX graphs).
     cache_dir: str = "~/.cache/fnstack"
 
