@@ -22,7 +22,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fnstack.auth import AuthConfig
+from fnstack.access import AccessRule
 from fnstack.errors import ConfigError
+from fnstack.quotas import QuotaConfig
 from fnstack.spec import CORE_APIS, Api, load_spec
 from fnstack.storage import StorageConfig
 
@@ -124,6 +126,10 @@ class RunConfig(_Strict):
     queues: dict[str, QueueConfig] = {}
     inference_store: InferenceStoreConfig = InferenceStoreConfig()
     logging: LoggingConfig = LoggingConfig()
+    # Permit/forbid rules, first match wins (fnstack/access.py); None: the default policy.
+    access_policy: list[AccessRule] | None = None
+    # Requests and tokens per principal or attribute value per window; none by default.
+    quotas: QuotaConfig = QuotaConfig()
     # Who may call: api_keys, jwt, custom, authorizer, or none (see docs/auth.md).
     auth: AuthConfig = AuthConfig()
     # Where providers cache derived artefacts (dequantized weights, ONNX graphs).
