@@ -21,8 +21,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fnstack.auth import AuthConfig
 from fnstack.access import AccessRule
+from fnstack.auth import AuthConfig
 from fnstack.errors import ConfigError
 from fnstack.quotas import QuotaConfig
 from fnstack.spec import CORE_APIS, Api, load_spec
