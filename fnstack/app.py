@@ -6,7 +6,6 @@ pure ASGI (no BaseHTTPMiddleware) so streaming responses pass through untouched.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -23,23 +22,15 @@ from fnstack import __version__
 from fnstack.config import RunConfig
 from fnstack.errors import FnstackError, InternalError, InvalidRequestError, PayloadTooLargeError
 from fnstack.logs import configure_logging, new_request_id, request_id_var
+from fnstack.services import ServiceSpec
 from fnstack.spec import Api
-from fnstack.stack import Stack
+from fnstack.stack import Stack, plan_services, served_apis
 
 __all__ = ["create_app"]
 
 log = logging.getLogger("fnstack.app")
 
 REQUEST_ID_HEADER = "x-request-id"
-
-# Which router module serves which API group; imported only when the group is served.
-ROUTERS: dict[Api, str] = {
-    Api.models: "fnstack.routes.models",
-    Api.providers: "fnstack.routes.admin",
-    Api.inspect: "fnstack.routes.admin",
-    Api.inference: "fnstack.routes.inference",
-}
-
 
 def create_app(
     config: RunConfig,
@@ -55,8 +46,8 @@ def create_app(
     stack then starts on the first request instead.
     """
     configure_logging(config.logging.level)
-    served = _served_apis(config, apis)
-    stack = stack or Stack(config)
+    stack = stack or Stack(config, apis)
+    served = stack.apis
 
     @asynccontextmanager
     async def run(app: FastAPI) -> AsyncIterator[None]:
@@ -77,31 +68,32 @@ def create_app(
     app.state.apis = served
 
     _install_error_handlers(app)
-    _include_routers(app, served)
+    _include_routers(app, stack.routed)
 
+    # Outermost first: request id, then authentication (an unauthenticated caller
+    # never makes the server read its body), then the body limit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.server.max_body_bytes)
+    _install_auth(app, config, stack)
     app.add_middleware(RequestIdMiddleware)
     return app
 
 
-def _include_routers(app: FastAPI, apis: Iterable[Api]) -> None:
-    """Health and version, then each API group's router once (admin serves two groups)."""
+def _install_auth(app: FastAPI, config: RunConfig, stack: Stack) -> None:
+    from fnstack.auth import AuthMiddleware, build_authenticator
+
+    authenticator = build_authenticator(config.auth, stack.stores)
+    if authenticator is not None:
+        app.add_middleware(AuthMiddleware, authenticator=authenticator)
+
+
+def _include_routers(app: FastAPI, specs: Iterable[ServiceSpec]) -> None:
+    """Health and version, then the router of each service whose API group is served."""
     from fnstack.routes import admin
 
     app.include_router(admin.health_router)
-    modules = dict.fromkeys(ROUTERS[api] for api in apis if api in ROUTERS)
-    for module in modules:
-        app.include_router(importlib.import_module(module).router)
-
-
-def _served_apis(config: RunConfig, apis: Iterable[Api | str] | None) -> list[Api]:
-    if apis is not None:
-        return [Api(a) for a in apis]
-    if config.apis is not None:
-        return list(config.apis)
-    served = [Api.models, Api.providers, Api.inspect]
-    served += [api for api in config.providers if api not in served]
-    return served
+    for spec in specs:
+        if spec.router is not None:
+            app.include_router(spec.router())
 
 
 # --- errors -----------------------------------------------------------------------------
@@ -325,6 +317,8 @@ def route_table(app: FastAPI) -> list[dict[str, Any]]:
     On Lambda each function serves one API group, yet the answer must cover them all:
     the table comes from every API the config enables, not only this app's own routes.
     """
+    stack: Stack = app.state.stack
     full = FastAPI()
-    _include_routers(full, _served_apis(app.state.stack.config, None))
+    _, routed = plan_services(served_apis(stack.config), stack.specs)
+    _include_routers(full, routed)
     return served_routes(full)

@@ -25,6 +25,7 @@ __all__ = [
     "PermissionDeniedError",
     "PreconditionFailedError",
     "RateLimitError",
+    "ServiceUnavailableError",
     "UnprocessableError",
     "UpstreamError",
     "UpstreamTimeoutError",
@@ -127,6 +128,14 @@ class InternalError(FnstackError):
     status = 500
     type = "server_error"
     default_code = "internal_error"
+
+
+class ServiceUnavailableError(FnstackError):
+    """fnstack itself cannot serve the request now (its store is down); retry later."""
+
+    status = 503
+    type = "server_error"
+    default_code = "service_unavailable"
 
 
 class UpstreamError(FnstackError):

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
+from fnstack.api.common import ProviderModel
+
 if TYPE_CHECKING:
     from fnstack.storage import Stores
 
@@ -35,6 +37,7 @@ __all__ = [
     "ProviderModel",
     "ProviderSpec",
     "available_specs",
+    "check_implements",
     "load_spec",
 ]
 
@@ -60,18 +63,15 @@ class Api(StrEnum):
     scoring = "scoring"
     eval = "eval"
     post_training = "post_training"
+    keys = "keys"
 
 
 # APIs served by the core itself, with no provider behind them.
-CORE_APIS = frozenset({Api.models, Api.providers, Api.inspect})
+CORE_APIS = frozenset({Api.models, Api.providers, Api.inspect, Api.keys})
 
-
-class ProviderModel(BaseModel):
-    """A model a provider says it serves (reported into the routing table)."""
-
-    provider_resource_id: str
-    model_type: Literal["llm", "embedding"] = "llm"
-    metadata: dict[str, Any] = {}
+# Optional provider hooks. A provider declares the ones it implements in its spec
+# (``hooks=("warmup",)``); the stack calls only declared hooks, never probes with hasattr.
+Hook = Literal["warmup"]
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,8 @@ class ProviderSpec:
     description: str = ""
     # Extras of the fnstack distribution this provider needs (e.g. "models", "aws").
     extras: tuple[str, ...] = ()
+    # Optional hooks this provider implements (see `Hook`).
+    hooks: tuple[Hook, ...] = ()
 
     def __post_init__(self) -> None:
         kind, _, name = self.provider_type.partition("::")
@@ -140,6 +142,27 @@ def load_spec(provider_type: str) -> ProviderSpec:
             f"entry point {provider_type!r} points to a spec for {spec.provider_type!r}"
         )
     return spec
+
+
+def protocol_methods(protocol: type) -> list[str]:
+    """The methods a Protocol class declares (its own and its bases'), by name."""
+    names: list[str] = []
+    for cls in reversed(protocol.__mro__):
+        if cls in (object, Protocol) or cls.__name__ == "Generic":
+            continue
+        for name, value in vars(cls).items():
+            if not name.startswith("_") and callable(value) and name not in names:
+                names.append(name)
+    return names
+
+
+def check_implements(instance: object, protocol: type, what: str) -> None:
+    """Raise TypeError naming every method of ``protocol`` that ``instance`` lacks."""
+    missing = [n for n in protocol_methods(protocol) if not callable(getattr(instance, n, None))]
+    if missing:
+        raise TypeError(
+            f"{what} does not implement {protocol.__name__}: missing {', '.join(missing)}"
+        )
 
 
 def available_specs(api: Api | None = None) -> list[ProviderSpec]:

@@ -1,4 +1,10 @@
-"""The running stack: configured providers and stores, built once per process.
+"""The running stack: a small container of services, their providers and stores.
+
+``Stack(config, apis)`` plans which services to build: those whose API groups are
+served, plus everything they depend on, in dependency order. Planning happens at
+construction, so a missing dependency, a cycle or a store the config lacks stops
+start-up with a `ConfigError` naming it (never a 500 at request time). Only the
+providers of the built services are built; the admin function builds none.
 
 In a Lambda function the stack is built at module scope and started lazily on the
 first request (Mangum reuses one event loop across invocations, so clients bound to it
@@ -9,20 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from fnstack.access import AccessPolicy, policy_for
 from fnstack.config import ProviderConfig, RunConfig
-from fnstack.errors import NotFoundError
-from fnstack.registry import Registry
-from fnstack.spec import Api, ProviderContext, ProviderSpec, load_spec
-from fnstack.storage import Stores
+from fnstack.errors import ConfigError, NotFoundError
+from fnstack.services import Service, ServiceContext, ServiceSpec, available_services
+from fnstack.spec import Api, ProviderContext, ProviderSpec, check_implements, load_spec
+from fnstack.storage import BLOB_TYPES, KV_TYPES, Stores
 
-if TYPE_CHECKING:
-    from fnstack.inference import InferenceService
-
-__all__ = ["ProviderHandle", "Stack"]
+__all__ = ["ProviderHandle", "Stack", "plan_services", "served_apis"]
 
 log = logging.getLogger("fnstack.stack")
 
@@ -35,48 +40,149 @@ class ProviderHandle:
     instance: Any = None
 
 
+def served_apis(config: RunConfig, apis: Iterable[Api | str] | None = None) -> list[Api]:
+    """The API groups to serve: those asked for, else the config's, else every one
+    that has a service and either needs no provider or has one configured."""
+    if apis is not None:
+        return [Api(a) for a in apis]
+    if config.apis is not None:
+        return list(config.apis)
+    out: list[Api] = []
+    for spec in available_services().values():
+        if spec.provider_api is not None and not config.providers.get(spec.provider_api):
+            continue
+        out += [a for a in spec.apis if a not in out]
+    return out
+
+
+def plan_services(
+    apis: Iterable[Api], specs: Mapping[str, ServiceSpec]
+) -> tuple[list[ServiceSpec], list[ServiceSpec]]:
+    """(services to build in dependency order, services whose routes are served)."""
+    wanted = set(apis)
+    routed = [s for s in specs.values() if wanted.intersection(s.apis)]
+    order: list[ServiceSpec] = []
+    state: dict[str, str] = {}
+
+    def visit(spec: ServiceSpec, path: list[str]) -> None:
+        if state.get(spec.name) == "done":
+            return
+        if state.get(spec.name) == "visiting":
+            cycle = " -> ".join([*path[path.index(spec.name):], spec.name])
+            raise ConfigError(f"services depend on each other in a cycle: {cycle}")
+        state[spec.name] = "visiting"
+        for dep in spec.depends:
+            if dep not in specs:
+                raise ConfigError(
+                    f"service {spec.name!r} depends on {dep!r}, which is not registered "
+                    f"(registered: {', '.join(sorted(specs))})"
+                )
+            visit(specs[dep], [*path, spec.name])
+        state[spec.name] = "done"
+        order.append(spec)
+
+    for spec in routed:
+        visit(spec, [])
+    return order, routed
+
+
+def _check_stores(config: RunConfig, specs: Iterable[ServiceSpec]) -> None:
+    for spec in specs:
+        for need in spec.stores:
+            ref = config.storage.stores.get(need.name)
+            if ref is None:
+                if need.required:
+                    raise ConfigError(
+                        f"the {spec.name} service needs a {need.family} store named "
+                        f"{need.name!r}; add it under storage.stores",
+                        path=f"storage.stores.{need.name}",
+                    )
+                continue
+            backend = config.storage.backends[ref.backend]
+            family_types = KV_TYPES if need.family == "kv" else BLOB_TYPES
+            if backend.type not in family_types:
+                raise ConfigError(
+                    f"the {spec.name} service needs {need.name!r} to be a {need.family} store, "
+                    f"but its backend {ref.backend!r} is {backend.type}",
+                    path=f"storage.stores.{need.name}.backend",
+                )
+
+
 class Stack:
-    def __init__(self, config: RunConfig) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        apis: Iterable[Api | str] | None = None,
+        *,
+        specs: Mapping[str, ServiceSpec] | None = None,
+    ) -> None:
         self.config = config
+        self.apis = served_apis(config, apis)
+        self.specs = dict(specs) if specs is not None else available_services()
+        self.build_order, self.routed = plan_services(self.apis, self.specs)
+        _check_stores(config, self.build_order)
         self.stores = Stores(config.storage)
+        self.policy = _policy(config)
+        provider_apis = {s.provider_api for s in self.build_order if s.provider_api}
         self.providers: dict[str, ProviderHandle] = {}
         for api, _, p in config.all_providers():
-            self.providers[p.provider_id] = ProviderHandle(api, p, load_spec(p.provider_type))
-        self.registry = Registry(self)
+            if api in provider_apis:
+                self.providers[p.provider_id] = ProviderHandle(api, p, load_spec(p.provider_type))
+        self._services: dict[str, Service] = {}
         self._lock = asyncio.Lock()
         self._started = False
-        self._inference: InferenceService | None = None
         self.cache_dir = Path(config.cache_dir).expanduser()
 
-    @property
-    def inference(self) -> InferenceService:
-        # Built on first use: the admin and models functions never open its store.
-        if self._inference is None:
-            from fnstack.inference import InferenceService
-
-            self._inference = InferenceService(self)
-        return self._inference
-
     async def start(self, *, warmup: bool = False) -> None:
-        """Build every provider (factories are cheap); ``warmup`` loads models now."""
+        """Build the providers, then the services in dependency order.
+
+        ``warmup`` runs the providers' declared warmup hooks (loads models now)."""
         async with self._lock:
             if self._started:
                 return
-            cache_dir = self.cache_dir
             for pid, handle in self.providers.items():
-                ctx = ProviderContext(provider_id=pid, cache_dir=cache_dir, stores=self.stores)
+                pctx = ProviderContext(provider_id=pid, cache_dir=self.cache_dir,
+                                       stores=self.stores)
                 cfg = handle.spec.config_class.model_validate(handle.config.config)
-                handle.instance = await handle.spec.factory(cfg, ctx)
+                handle.instance = await handle.spec.factory(cfg, pctx)
                 log.info("provider ready", extra={"provider_id": pid})
+            for spec in self.build_order:
+                providers = {pid: h.instance for pid, h in self.providers.items()
+                             if h.api == spec.provider_api}
+                if spec.provider_protocol is not None:
+                    for pid, instance in providers.items():
+                        kind = self.providers[pid].spec.provider_type
+                        check_implements(instance, spec.provider_protocol,
+                                         f"provider {pid!r} ({kind})")
+                ctx = ServiceContext(
+                    config=self.config,
+                    stores=self.stores,
+                    policy=self.policy,
+                    deps={d: self._services[d] for d in spec.depends},
+                    providers=providers,
+                )
+                service = await spec.factory(ctx)
+                await service.start()
+                self._services[spec.name] = service
             self._started = True
         if warmup:
             for handle in self.providers.values():
-                if hasattr(handle.instance, "warmup"):
+                if "warmup" in handle.spec.hooks:
                     await handle.instance.warmup()
 
     async def ensure_started(self) -> None:
         if not self._started:
             await self.start()
+
+    async def service(self, name: str) -> Any:
+        """The built service ``name`` (starting the stack on first use)."""
+        await self.ensure_started()
+        try:
+            return self._services[name]
+        except KeyError:
+            raise NotFoundError(
+                f"the {name} service is not served by this function", code="not_served"
+            ) from None
 
     async def provider(self, provider_id: str) -> Any:
         await self.ensure_started()
@@ -87,17 +193,18 @@ class Stack:
             )
         return handle.instance
 
-    def provider_ids(self, api: Api) -> list[str]:
-        return [pid for pid, h in self.providers.items() if h.api == api]
-
     async def shutdown(self) -> None:
         async with self._lock:
-            if self._inference is not None:
-                # Drain queued history writes before providers and stores go away.
-                await self._inference.close()
-                self._inference = None
+            # Services first, newest first: the history drains its writes while the
+            # providers and stores it writes through are still there.
+            for name in reversed(list(self._services)):
+                try:
+                    await self._services[name].close()
+                except Exception:
+                    log.exception("service close failed", extra={"service": name})
+            self._services.clear()
             for pid, handle in self.providers.items():
-                if handle.instance is not None and hasattr(handle.instance, "shutdown"):
+                if handle.instance is not None:
                     try:
                         await handle.instance.shutdown()
                     except Exception:
@@ -105,3 +212,7 @@ class Stack:
                 handle.instance = None
             await self.stores.close()
             self._started = False
+
+
+def _policy(config: RunConfig) -> AccessPolicy:
+    return policy_for(config.access_policy, auth_enabled=config.auth.type != "none")

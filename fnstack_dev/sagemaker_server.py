@@ -36,7 +36,9 @@ from starlette.routing import Route
 from fnstack.api.inference import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from fnstack.config import RunConfig
 from fnstack.errors import FnstackError, InternalError, InvalidRequestError
+from fnstack.spec import Api
 from fnstack.stack import Stack
+from fnstack.storage import Owner
 
 __all__ = ["create_sagemaker_app", "main"]
 
@@ -52,7 +54,7 @@ def create_sagemaker_app(
 ) -> Starlette:
     """The ASGI app of the container. Its lifespan starts the stack (loading the models
     when ``warmup``), so /ping turns 200 only once the endpoint can answer."""
-    stack = stack or Stack(config)
+    stack = stack or Stack(config, [Api.inference])
     ready = False
 
     @asynccontextmanager
@@ -131,7 +133,11 @@ async def _resolve(
 ) -> _Resolved:
     if "model" not in body:
         # An endpoint usually serves one model: let callers leave it out.
-        entries = [e for e in await stack.registry.all_entries() if e.model_type == kind]
+        # The container is the operator's own endpoint: it routes as the anonymous
+        # principal (auth, if any, sits in front of SageMaker).
+        models = await stack.service("models")
+        entries = [e for e in await models.table.all_entries()
+                   if ("embedding" if e.resource_type == "embedding" else "llm") == kind]
         if len(entries) != 1:
             raise InvalidRequestError(
                 f"missing `model`: this endpoint serves {len(entries)} {kind} models "
@@ -150,12 +156,12 @@ async def _resolve(
             code="invalid_value",
         ) from None
     public = str(body["model"])
-    entry = await stack.registry.resolve(public)
+    entry = await (await stack.service("models")).resolve(public, Owner())
     # Only this direction is checked: OpenAI-compatible upstreams often do not say which
     # of their models embed, so those are listed as llm and must still embed.
-    if kind == "llm" and entry.model_type == "embedding":
+    if kind == "llm" and entry.resource_type == "embedding":
         raise InvalidRequestError(
-            f"model {public!r} is an {entry.model_type} model; "
+            f"model {public!r} is an embedding model; "
             f"this request needs an {kind} model",
             param="model",
         )

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fnstack.spec import ProviderModel
+from fnstack.api.common import Metadata, ProviderModel
 
 __all__ = [
     "ChatCompletion",
@@ -206,10 +206,11 @@ class ChatCompletionRequest(_Request):
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
     logprobs: bool | None = None
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    metadata: dict[str, str] | None = None
-    n: int | None = Field(default=None, ge=1, le=8)
+    # Token counts are integers: strict, so 1073741825.0 is a 400, not a 98 s generation.
+    max_completion_tokens: int | None = Field(default=None, ge=1, strict=True)
+    max_tokens: int | None = Field(default=None, ge=1, strict=True)
+    metadata: Metadata | None = None
+    n: int | None = Field(default=None, ge=1, le=8, strict=True)
     parallel_tool_calls: bool | None = None
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     response_format: ResponseFormat | None = None
@@ -221,7 +222,7 @@ class ChatCompletionRequest(_Request):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     tool_choice: ToolChoice | None = None
     tools: list[Tool] | None = None
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    top_logprobs: int | None = Field(default=None, ge=0, le=20, strict=True)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     user: str | None = None
 
@@ -338,9 +339,9 @@ class CompletionRequest(_Request):
     echo: bool | None = None
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
-    logprobs: int | None = Field(default=None, ge=0, le=5)
-    max_tokens: int | None = Field(default=None, ge=1)
-    n: int | None = Field(default=None, ge=1, le=8)
+    logprobs: int | None = Field(default=None, ge=0, le=5, strict=True)
+    max_tokens: int | None = Field(default=None, ge=1, strict=True)
+    n: int | None = Field(default=None, ge=1, le=8, strict=True)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     seed: int | None = None
     stop: str | list[str] | None = None
@@ -423,7 +424,7 @@ class StoredMessage(_Wire):
 
 
 class StoredChatCompletion(ChatCompletion):
-    metadata: dict[str, str] | None = None
+    metadata: Metadata | None = None
     request_id: str | None = None
     input_messages: list[dict[str, Any]] = []
 
@@ -445,7 +446,7 @@ class ChatCompletionMessageList(_Wire):
 
 
 class ChatCompletionUpdate(_Request):
-    metadata: dict[str, str] | None
+    metadata: Metadata | None
 
 
 class ChatCompletionDeleted(_Wire):

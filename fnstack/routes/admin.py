@@ -7,7 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from fnstack import __version__
+from fnstack.config import ProviderConfig
 from fnstack.errors import NotFoundError
+from fnstack.spec import Api, load_spec
 from fnstack.stack import Stack
 
 health_router = APIRouter(tags=["core"])
@@ -43,30 +45,35 @@ def _redact(value: Any) -> Any:
     return redact(value)
 
 
-def _info(stack: Stack, provider_id: str) -> dict[str, Any]:
-    handle = stack.providers[provider_id]
+def _configured(stack: Stack) -> dict[str, tuple[Api, ProviderConfig]]:
+    # Every provider of the deployment, from the config: this function may build none.
+    return {p.provider_id: (api, p) for api, _, p in stack.config.all_providers()}
+
+
+def _info(api: Api, p: ProviderConfig) -> dict[str, Any]:
+    spec = load_spec(p.provider_type)
     return {
-        "api": handle.api.value,
-        "provider_id": provider_id,
-        "provider_type": handle.spec.provider_type,
-        "config": _redact(handle.config.config),
-        "description": handle.spec.description,
+        "api": api.value,
+        "provider_id": p.provider_id,
+        "provider_type": p.provider_type,
+        "config": _redact(p.config),
+        "description": spec.description,
     }
 
 
 @router.get("/v1/providers", tags=["providers"])
 async def list_providers(request: Request) -> dict[str, Any]:
-    stack = _stack(request)
-    return {"object": "list", "data": [_info(stack, pid) for pid in stack.providers]}
+    providers = _configured(_stack(request))
+    return {"object": "list", "data": [_info(api, p) for api, p in providers.values()]}
 
 
 @router.get("/v1/providers/{provider_id}", tags=["providers"])
 async def get_provider(provider_id: str, request: Request) -> dict[str, Any]:
-    stack = _stack(request)
-    if provider_id not in stack.providers:
+    providers = _configured(_stack(request))
+    if provider_id not in providers:
         raise NotFoundError(
             f"provider {provider_id!r} not found; configured: "
-            f"{', '.join(stack.providers) or 'none'} (GET /v1/providers)",
+            f"{', '.join(providers) or 'none'} (GET /v1/providers)",
             param="provider_id",
         )
-    return _info(stack, provider_id)
+    return _info(*providers[provider_id])

@@ -1,4 +1,4 @@
-"""Chat completions, completions, embeddings and the stored chat completion history.
+"""Completions and embeddings, and the SSE framing every streaming route shares.
 
 Streaming answers are SSE: ``data: <chunk>`` per chunk, ``data: [DONE]`` at the end.
 The first chunk is fetched before the response starts, so a failure before any output
@@ -11,29 +11,22 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 
 from fnstack.api.inference import (
-    ChatCompletion,
-    ChatCompletionDeleted,
-    ChatCompletionList,
-    ChatCompletionMessageList,
-    ChatCompletionRequest,
-    ChatCompletionUpdate,
     Completion,
     CompletionRequest,
     EmbeddingList,
     EmbeddingRequest,
 )
-from fnstack.errors import FnstackError, InternalError, InvalidRequestError
-from fnstack.inference import InferenceService
+from fnstack.errors import FnstackError, InternalError
 from fnstack.logs import request_id_var
-from fnstack.stack import Stack
-from fnstack.storage import Owner
+from fnstack.routes import json_response, principal, service
+from fnstack.services.inference import InferenceService
 
 router = APIRouter(tags=["inference"])
 log = logging.getLogger("fnstack.routes.inference")
@@ -41,15 +34,9 @@ log = logging.getLogger("fnstack.routes.inference")
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
-async def _service(request: Request) -> InferenceService:
-    stack: Stack = request.app.state.stack
-    await stack.ensure_started()
-    return stack.inference
-
-
-def _owner(request: Request) -> Owner:
-    # Authentication lands later; every caller is anonymous until then.
-    return Owner()
+async def _inference(request: Request) -> InferenceService:
+    svc: InferenceService = await service(request, "inference")
+    return svc
 
 
 def _chunk_json(chunk: BaseModel) -> bytes:
@@ -86,7 +73,7 @@ async def _sse(first: BaseModel, rest: AsyncIterator[Any]) -> AsyncIterator[byte
     yield b"data: [DONE]\n\n"
 
 
-async def _stream_response(result: AsyncIterator[Any]) -> StreamingResponse:
+async def stream_response(result: AsyncIterator[Any]) -> StreamingResponse:
     iterator = aiter(result)
     try:
         first = await anext(iterator)
@@ -97,110 +84,19 @@ async def _stream_response(result: AsyncIterator[Any]) -> StreamingResponse:
     )
 
 
-def _json(model: BaseModel) -> Response:
-    # Straight to bytes in pydantic-core: no intermediate dict for json.dumps to walk.
-    return Response(model.model_dump_json(exclude_none=True), media_type="application/json")
-
-
-@router.post("/v1/chat/completions", response_model=None)
-async def create_chat_completion(
-    body: ChatCompletionRequest, request: Request
-) -> Response:
-    service = await _service(request)
-    result = await service.chat_completion(body, _owner(request))
-    if isinstance(result, ChatCompletion):
-        return _json(result)
-    return await _stream_response(result)
-
-
 @router.post("/v1/completions", response_model=None)
 async def create_completion(
     body: CompletionRequest, request: Request
 ) -> Response:
-    service = await _service(request)
-    result = await service.completion(body)
+    inference = await _inference(request)
+    result = await inference.completion(body, principal(request))
     if isinstance(result, Completion):
-        return _json(result)
-    return await _stream_response(result)
+        return json_response(result)
+    return await stream_response(result)
 
 
 @router.post("/v1/embeddings", response_model=None)
 async def create_embeddings(body: EmbeddingRequest, request: Request) -> Response:
-    service = await _service(request)
-    result: EmbeddingList = await service.embeddings(body)
-    return _json(result)
-
-
-# --- stored chat completions -------------------------------------------------------------
-
-
-def _metadata_filter(request: Request) -> dict[str, str] | None:
-    # OpenAI's filter syntax: ?metadata[key]=value
-    out = {
-        k[len("metadata[") : -1]: v
-        for k, v in request.query_params.items()
-        if k.startswith("metadata[") and k.endswith("]")
-    }
-    return out or None
-
-
-@router.get("/v1/chat/completions", response_model=None)
-async def list_chat_completions(
-    request: Request,
-    after: str | None = None,
-    limit: int = Query(default=20),
-    order: Literal["asc", "desc"] = "asc",
-    model: str | None = None,
-) -> Response:
-    service = await _service(request)
-    result: ChatCompletionList = await service.list_chat_completions(
-        _owner(request),
-        after=after,
-        limit=limit,
-        order=order,
-        model=model,
-        metadata=_metadata_filter(request),
-    )
-    return _json(result)
-
-
-@router.get("/v1/chat/completions/{completion_id}", response_model=None)
-async def get_chat_completion(completion_id: str, request: Request) -> Response:
-    service = await _service(request)
-    return _json(await service.get_chat_completion(completion_id, _owner(request)))
-
-
-@router.get("/v1/chat/completions/{completion_id}/messages", response_model=None)
-async def get_chat_messages(
-    completion_id: str,
-    request: Request,
-    after: str | None = None,
-    limit: int = Query(default=20),
-    order: Literal["asc", "desc"] = "asc",
-) -> Response:
-    service = await _service(request)
-    result: ChatCompletionMessageList = await service.get_messages(
-        completion_id, _owner(request), after=after, limit=limit, order=order
-    )
-    return _json(result)
-
-
-@router.post("/v1/chat/completions/{completion_id}", response_model=None)
-async def update_chat_completion(
-    completion_id: str, body: ChatCompletionUpdate, request: Request
-) -> Response:
-    service = await _service(request)
-    if body.metadata is not None and len(body.metadata) > 16:
-        raise InvalidRequestError("metadata holds at most 16 pairs", param="metadata")
-    return _json(
-        await service.update_chat_completion(completion_id, body.metadata, _owner(request))
-    )
-
-
-@router.delete("/v1/chat/completions/{completion_id}", response_model=None)
-async def delete_chat_completion(completion_id: str, request: Request) -> Response:
-    service = await _service(request)
-    result: ChatCompletionDeleted = await service.delete_chat_completion(
-        completion_id, _owner(request)
-    )
-    return _json(result)
+    inference = await _inference(request)
+    result: EmbeddingList = await inference.embeddings(body, principal(request))
+    return json_response(result)

@@ -1,0 +1,312 @@
+"""The inference service: routing and generation, storing nothing.
+
+Each request finds its model in the routing table (the models service, with the
+caller's principal: a model it may not use is a 404), is checked against the model's
+type, goes to the provider under the provider's own model id, and comes back under the
+public id with an fnstack completion id (time-ordered, so the stored history lists in
+creation order straight from the kv store).
+
+Responses and batches call this service in process; the stored chat completion history
+(`fnstack.services.chat_completions`) is one of its consumers.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Any, Literal
+
+from fastapi import APIRouter
+
+from fnstack.api.inference import (
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionMessage,
+    ChatCompletionRequest,
+    ChoiceLogprobs,
+    Completion,
+    CompletionRequest,
+    EmbeddingList,
+    EmbeddingRequest,
+    FunctionCall,
+    InferenceProvider,
+    ToolCall,
+    Usage,
+)
+from fnstack.errors import InvalidRequestError
+from fnstack.records import check_storable, new_id
+from fnstack.routing import RoutingEntry
+from fnstack.services import Service, ServiceContext, ServiceSpec
+from fnstack.services.models import ModelsService
+from fnstack.spec import Api
+from fnstack.storage import Owner
+
+__all__ = ["ChatStream", "InferenceService", "new_completion_id", "spec"]
+
+COMPLETION_ID_PREFIX = "chatcmpl-"
+
+
+def new_completion_id() -> str:
+    return new_id(COMPLETION_ID_PREFIX)
+
+
+class InferenceService(Service):
+    def __init__(self, models: ModelsService) -> None:
+        self.models = models
+
+    async def _route(
+        self, model: str, want: Literal["llm", "embedding"], endpoint: str, user: Owner
+    ) -> tuple[RoutingEntry, Any]:
+        entry = await self.models.resolve(model, user)
+        kind = entry.resource_type if entry.resource_type == "embedding" else "llm"
+        if kind != want:
+            other = "/v1/embeddings" if kind == "embedding" else "/v1/chat/completions"
+            raise InvalidRequestError(
+                f"model {model!r} is an {kind} model and cannot serve {endpoint}; "
+                f"use it with {other}",
+                param="model",
+                code="wrong_model_type",
+            )
+        return entry, self.models.provider(entry.provider_id)
+
+    async def chat_completion(
+        self, request: ChatCompletionRequest, user: Owner
+    ) -> ChatCompletion | ChatStream:
+        """A completion under the public model id and a fresh id, or its stream."""
+        _check_chat(request)
+        public = request.model
+        entry, provider = await self._route(public, "llm", "/v1/chat/completions", user)
+        upstream = request.model_copy(update={"model": entry.provider_resource_id})
+        cid = new_completion_id()
+        result = await provider.chat_completion(upstream)
+        if not isinstance(result, ChatCompletion):
+            return ChatStream(result, request, public, cid)
+        result.id, result.model = cid, public
+        return result
+
+    async def completion(
+        self, request: CompletionRequest, user: Owner
+    ) -> Completion | AsyncIterator[Completion]:
+        if isinstance(request.prompt, list) and not request.prompt:
+            raise InvalidRequestError("prompt must not be empty", param="prompt")
+        check_storable(request.prompt, "prompt")
+        public = request.model
+        entry, provider = await self._route(public, "llm", "/v1/completions", user)
+        result = await provider.completion(
+            request.model_copy(update={"model": entry.provider_resource_id})
+        )
+        if isinstance(result, Completion):
+            result.model = public
+            return result
+        return _rename(result, public)
+
+    async def embeddings(self, request: EmbeddingRequest, user: Owner) -> EmbeddingList:
+        if isinstance(request.input, list) and not request.input:
+            raise InvalidRequestError("input must not be empty", param="input")
+        check_storable(request.input, "input")
+        public = request.model
+        entry, provider = await self._route(public, "embedding", "/v1/embeddings", user)
+        result: EmbeddingList = await provider.embeddings(
+            request.model_copy(update={"model": entry.provider_resource_id})
+        )
+        result.model = public
+        return result
+
+
+class ChatStream:
+    """The provider's chunks under the public model name and the fnstack id, assembled
+    for the stored copy as they pass; stored once the stream has ended normally.
+
+    ``ready()`` says whether the next chunk has already arrived, so the route can write
+    everything that is here in one go (never holding a chunk back for the next).
+    """
+
+    def __init__(
+        self,
+        chunks: AsyncIterator[ChatCompletionChunk],
+        request: ChatCompletionRequest,
+        public: str,
+        cid: str,
+    ) -> None:
+        self._chunks = chunks
+        self._buffered = getattr(chunks, "buffered", None)
+        self._include_usage = bool(
+            request.stream_options and request.stream_options.include_usage
+        )
+        self._gen = self._run(public, cid)
+        # Called with the assembled completion once the stream has ended normally.
+        self.on_complete: Callable[[ChatCompletion], Awaitable[None]] | None = None
+
+    def __aiter__(self) -> ChatStream:
+        return self
+
+    def __anext__(self) -> Awaitable[ChatCompletionChunk]:
+        return self._gen.__anext__()
+
+    def ready(self) -> bool:
+        if self._buffered is None:
+            return False
+        nxt = self._buffered()
+        # A usage-only chunk nobody asked for is dropped, and the one after it may not
+        # be here yet: not ready, to be safe.
+        return nxt is not None and (self._include_usage or bool(nxt.choices))
+
+    async def aclose(self) -> None:
+        try:
+            await self._gen.aclose()
+        finally:
+            aclose = getattr(self._chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def _run(self, public: str, cid: str) -> AsyncGenerator[ChatCompletionChunk, None]:
+        chunks = self._chunks
+        include_usage = self._include_usage
+        acc = _Assembler()
+        created = int(time.time())
+        try:
+            async for chunk in chunks:
+                chunk.id, chunk.model, chunk.created = cid, public, created
+                acc.add(chunk)
+                if not include_usage:
+                    if not chunk.choices:
+                        continue  # the usage-only chunk nobody asked for
+                    chunk.usage = None
+                yield chunk
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        # Reached only when the stream ended normally: the client got every chunk.
+        if self.on_complete is not None:
+            await self.on_complete(acc.completion(cid, public, created))
+
+
+async def _rename(chunks: AsyncIterator[Completion], public: str) -> AsyncIterator[Completion]:
+    try:
+        async for chunk in chunks:
+            chunk.model = public
+            yield chunk
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+
+def _check_chat(request: ChatCompletionRequest) -> None:
+    names = [t.function.name for t in request.tools or []]
+    choice = request.tool_choice
+    if choice is not None and not isinstance(choice, str):
+        if not names:
+            raise InvalidRequestError(
+                "tool_choice names a function but no tools were given", param="tool_choice"
+            )
+        if choice.function.name not in names:
+            raise InvalidRequestError(
+                f"tool_choice names {choice.function.name!r}, which is not among the tools "
+                f"({', '.join(names)})",
+                param="tool_choice",
+            )
+    elif choice == "required" and not names:
+        raise InvalidRequestError(
+            "tool_choice 'required' needs at least one tool", param="tool_choice"
+        )
+    if len(set(names)) != len(names):
+        raise InvalidRequestError("tool names must be unique", param="tools")
+    check_storable(request.messages, "messages")
+    check_storable(request.tools, "tools")
+    check_storable(request.metadata, "metadata")
+    seen_calls: set[str] = set()
+    for i, m in enumerate(request.messages):
+        if m.role == "assistant" and m.tool_calls:
+            seen_calls.update(tc.id for tc in m.tool_calls)
+        if m.role == "tool" and m.tool_call_id not in seen_calls:
+            raise InvalidRequestError(
+                f"messages[{i}] answers tool call {m.tool_call_id!r}, but no earlier assistant "
+                "message made that call",
+                param=f"messages[{i}].tool_call_id",
+            )
+
+
+class _Assembler:
+    """Rebuilds the whole completion from its chunks, choice by choice."""
+
+    def __init__(self) -> None:
+        self.text: dict[int, list[str]] = {}
+        self.tools: dict[int, dict[int, dict[str, Any]]] = {}
+        self.finish: dict[int, Any] = {}
+        self.logprobs: dict[int, list[Any]] = {}
+        self.usage: Usage | None = None
+
+    def add(self, chunk: ChatCompletionChunk) -> None:
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+        for c in chunk.choices:
+            self.text.setdefault(c.index, [])
+            if c.delta.content:
+                self.text[c.index].append(c.delta.content)
+            for tc in c.delta.tool_calls or []:
+                slot = self.tools.setdefault(c.index, {}).setdefault(
+                    tc.index, {"id": None, "name": "", "arguments": ""}
+                )
+                if tc.id:
+                    slot["id"] = tc.id
+                if tc.function is not None:
+                    # OpenAI sends a call's name once, in its first delta; llama.cpp
+                    # repeats it in every delta. Append only what is new.
+                    name = tc.function.name or ""
+                    if name != slot["name"]:
+                        slot["name"] += name
+                    slot["arguments"] += tc.function.arguments or ""
+            if c.finish_reason is not None:
+                self.finish[c.index] = c.finish_reason
+            if c.logprobs is not None and c.logprobs.content:
+                self.logprobs.setdefault(c.index, []).extend(c.logprobs.content)
+
+    def completion(self, cid: str, model: str, created: int) -> ChatCompletion:
+        choices = []
+        for index in sorted(self.text):
+            calls = [
+                ToolCall(id=t["id"] or f"call_{secrets.token_hex(8)}",
+                         function=FunctionCall(name=t["name"], arguments=t["arguments"]))
+                for _, t in sorted(self.tools.get(index, {}).items())
+            ]
+            text = "".join(self.text[index])
+            choices.append(
+                ChatChoice(
+                    index=index,
+                    message=ChatCompletionMessage(
+                        content=text if text or not calls else None, tool_calls=calls or None
+                    ),
+                    finish_reason=self.finish.get(index, "stop"),
+                    logprobs=ChoiceLogprobs(content=self.logprobs[index])
+                    if index in self.logprobs else None,
+                )
+            )
+        return ChatCompletion(id=cid, created=created, model=model, choices=choices,
+                              usage=self.usage)
+
+
+async def _build(ctx: ServiceContext) -> InferenceService:
+    return InferenceService(ctx.dep("models", ModelsService))
+
+
+def _router() -> APIRouter:
+    from fnstack.routes.inference import router
+
+    return router
+
+
+spec = ServiceSpec(
+    name="inference",
+    apis=(Api.inference,),
+    factory=_build,
+    router=_router,
+    depends=("models",),
+    provider_api=Api.inference,
+    provider_protocol=InferenceProvider,
+    description="chat completions, completions and embeddings, routed to providers",
+)
