@@ -55,20 +55,17 @@ def run(config: str, port: int | None, host: str | None, no_warmup: bool) -> Non
         _fail(exc)
         return
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401
     except ImportError:
         _fail(RuntimeError("the server needs uvicorn: pip install 'fnstack[server]'"))
         return
-    from fnstack.app import create_app
+    from fnstack.server import StartupError, serve
 
-    app = create_app(cfg, warmup=not no_warmup)
-    uvicorn.run(
-        app,
-        host=host or cfg.server.host,
-        port=port or cfg.server.port,
-        log_level="warning",
-        timeout_graceful_shutdown=30,
-    )
+    try:
+        serve(cfg, host=host or cfg.server.host, port=port or cfg.server.port,
+              warmup=not no_warmup)
+    except (ConfigError, StartupError) as exc:  # a busy port fails before models load
+        _fail(exc)
 
 
 @main.command("list-apis")

@@ -51,6 +51,25 @@ class ServerConfig(_Strict):
     # Larger bodies get 413. Lambda's own synchronous limit is 6 MB.
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     request_timeout_s: float = Field(default=600.0, gt=0)
+    # The rest applies to `fnstack run` only (see fnstack/server.py); on Lambda, API
+    # Gateway owns the connection. Slow clients: the request line and headers must
+    # arrive within header_timeout_s; the body gets body_timeout_s, extended by one
+    # second per body_min_rate bytes received (a body dripped slower, or shorter than
+    # its Content-Length, gets 408 and the connection closed); an idle keep-alive
+    # connection is closed after idle_timeout_s. One client address holds at most
+    # max_connections_per_client connections (more are answered 429 and closed).
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=20.0, gt=0)
+    body_min_rate: int = Field(default=500, ge=1, description="bytes per second")
+    idle_timeout_s: float = Field(default=5.0, gt=0)
+    max_connections_per_client: int = Field(default=64, ge=1)
+    # On SIGTERM/SIGINT: stop accepting, let in-flight requests finish for this long,
+    # then end the rest with a clean 503 (a stream with an error event), flush stored
+    # writes and exit.
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    # Host names the server answers for (DNS rebinding protection); None: 127.0.0.1,
+    # localhost, [::1] and the bind host. "*" allows any; "*.example.com" a domain.
+    allowed_hosts: list[str] | None = None
 
 
 class ProviderConfig(_Strict):
