@@ -470,8 +470,14 @@ class ApiKeyAuthenticator:
 
     def _read_ssm(self, name: str) -> str:
         import boto3  # in the Lambda runtime; only needed when SSM is configured
+        from botocore.config import Config
 
-        client = boto3.client("ssm", endpoint_url=self.config.ssm_endpoint_url)
+        # Bounded: this runs on the first request after a cold start.
+        client = boto3.client(
+            "ssm",
+            endpoint_url=self.config.ssm_endpoint_url,
+            config=Config(connect_timeout=3, read_timeout=5, retries={"max_attempts": 2}),
+        )
         answer = client.get_parameter(Name=name, WithDecryption=True)
         return str(answer["Parameter"]["Value"])
 
