@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -70,13 +71,50 @@ def run(config: str, port: int | None, host: str | None, no_warmup: bool) -> Non
 
 @main.command("list-apis")
 def list_apis() -> None:
-    """The API groups fnstack serves."""
-    from fnstack.spec import CORE_APIS
+    """The API groups this installation serves, the services behind them and their providers.
 
-    _table(
-        [{"api": a.value, "served by": "fnstack" if a in CORE_APIS else "providers"} for a in Api],
-        ["api", "served by"],
-    )
+    Computed from what is registered (the fnstack.services and fnstack.providers entry
+    points), so an API appears only when something really serves it.
+    """
+    from fnstack.services import available_services
+    from fnstack.spec import available_specs
+
+    try:
+        services = available_services()
+    except LookupError as exc:
+        _fail(exc)
+        return
+    served: dict[Api, list[str]] = {}
+    for service in services.values():
+        for api in service.apis:
+            served.setdefault(api, []).append(service.name)
+    routed: dict[Api, Api] = {  # the provider API each served API routes to
+        api: service.provider_api
+        for service in services.values()
+        if service.provider_api is not None
+        for api in service.apis
+    }
+    provider_types: dict[Api, list[str]] = {}
+    for spec in available_specs():
+        provider_types.setdefault(spec.api, []).append(spec.provider_type)
+    rows = [
+        {
+            "api": api.value,
+            "service": ", ".join(served[api]),
+            "providers": _providers_cell(api, routed.get(api), provider_types),
+        }
+        for api in Api
+        if api in served
+    ]
+    _table(rows, ["api", "service", "providers"])
+
+
+def _providers_cell(api: Api, routed: Api | None, types: dict[Api, list[str]]) -> str:
+    if routed is None:
+        return "(none: served by fnstack itself)"
+    if routed != api:
+        return f"(those of {routed.value})"
+    return ", ".join(types.get(api, [])) or "(none registered)"
 
 
 @main.command("list-providers")
@@ -99,14 +137,29 @@ def list_providers(api: str | None) -> None:
 
 @main.command("list-distributions")
 def list_distributions() -> None:
-    """The bundled run configs."""
+    """The bundled run configs, each with the comment paragraph that opens its file."""
     from fnstack.config import available_distributions, resolve_config_path
 
-    rows = []
-    for name in available_distributions():
-        first = resolve_config_path(name).read_text().splitlines()[0].lstrip("# ")
-        rows.append({"distribution": name, "description": first})
+    rows = [
+        {"distribution": name, "description": _leading_comment(resolve_config_path(name))}
+        for name in available_distributions()
+    ]
     _table(rows, ["distribution", "description"])
+
+
+def _leading_comment(path: Path) -> str:
+    """The file's first comment paragraph, its lines joined: the whole text, never cut."""
+    lines: list[str] = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        stripped = line.strip()
+        if not stripped.startswith("#"):
+            break
+        text = stripped.lstrip("#").strip()
+        if not text and lines:  # a bare "#" ends the paragraph
+            break
+        if text:
+            lines.append(text)
+    return " ".join(lines)
 
 
 @main.command("check-config")
