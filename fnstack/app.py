@@ -22,6 +22,7 @@ from fnstack import __version__
 from fnstack.config import RunConfig
 from fnstack.errors import FnstackError, InternalError, InvalidRequestError, PayloadTooLargeError
 from fnstack.logs import configure_logging, new_request_id, request_id_var
+from fnstack.quotas import Quotas
 from fnstack.services import ServiceSpec
 from fnstack.spec import Api
 from fnstack.stack import Stack, plan_services, served_apis
@@ -81,9 +82,14 @@ def create_app(
 def _install_auth(app: FastAPI, config: RunConfig, stack: Stack) -> None:
     from fnstack.auth import AuthMiddleware, build_authenticator
 
+    # Inside authentication: quotas count per principal, which auth has just set.
+    if stack.quotas is not None:
+        app.add_middleware(QuotaMiddleware, quotas=stack.quotas,
+                           exempt=frozenset(config.auth.exempt_paths))
     authenticator = build_authenticator(config.auth, stack.stores)
     if authenticator is not None:
-        app.add_middleware(AuthMiddleware, authenticator=authenticator)
+        app.add_middleware(AuthMiddleware, authenticator=authenticator,
+                           exempt_paths=config.auth.exempt_paths)
 
 
 def _include_routers(app: FastAPI, specs: Iterable[ServiceSpec]) -> None:
@@ -227,6 +233,28 @@ class RequestIdMiddleware:
                 },
             )
             request_id_var.reset(token)
+
+
+class QuotaMiddleware:
+    """Counts each request against the caller's request quotas: 429 once spent."""
+
+    def __init__(self, app: ASGIApp, quotas: Quotas, exempt: frozenset[str]) -> None:
+        self.app = app
+        self.quotas = quotas
+        self.exempt = exempt
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") in self.exempt:
+            await self.app(scope, receive, send)
+            return
+        from fnstack.routes import caller
+
+        try:
+            await self.quotas.check_request(caller(scope))
+        except FnstackError as exc:
+            await _error_response(exc)({"type": "http"}, _empty_receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 class BodyLimitMiddleware:

@@ -23,6 +23,7 @@ from typing import Any
 from fnstack.access import AccessPolicy, policy_for
 from fnstack.config import ProviderConfig, RunConfig
 from fnstack.errors import ConfigError, NotFoundError
+from fnstack.quotas import Quotas
 from fnstack.services import Service, ServiceContext, ServiceSpec, available_services
 from fnstack.spec import Api, ProviderContext, ProviderSpec, check_implements, load_spec
 from fnstack.storage import BLOB_TYPES, KV_TYPES, Stores
@@ -123,6 +124,7 @@ class Stack:
         _check_stores(config, self.build_order)
         self.stores = Stores(config.storage)
         self.policy = _policy(config)
+        self.quotas = Quotas.open(config.quotas, self.stores) if config.quotas.rules else None
         provider_apis = {s.provider_api for s in self.build_order if s.provider_api}
         self.providers: dict[str, ProviderHandle] = {}
         for api, _, p in config.all_providers():
@@ -160,6 +162,7 @@ class Stack:
                     policy=self.policy,
                     deps={d: self._services[d] for d in spec.depends},
                     providers=providers,
+                    quotas=self.quotas,
                 )
                 service = await spec.factory(ctx)
                 await service.start()

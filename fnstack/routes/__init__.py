@@ -7,19 +7,24 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import Response
 from pydantic import BaseModel
+from starlette.types import Scope
 
 from fnstack.storage import Owner
 
-__all__ = ["json_response", "principal", "service"]
+__all__ = ["caller", "json_response", "principal", "service"]
 
 _ANONYMOUS = Owner()
 
 
-def principal(request: Request) -> Owner:
+def caller(scope: Scope) -> Owner:
     """Who is calling: set by the authentication middleware; anonymous when auth is off."""
-    state = request.scope.get("state") or {}
+    state = scope.get("state") or {}
     who = state.get("principal")
     return who if isinstance(who, Owner) else _ANONYMOUS
+
+
+def principal(request: Request) -> Owner:
+    return caller(request.scope)
 
 
 async def service(request: Request, name: str) -> Any:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     from fnstack.access import AccessPolicy
     from fnstack.config import RunConfig
+    from fnstack.quotas import Quotas
     from fnstack.storage import Stores
 
 __all__ = [
@@ -75,6 +76,8 @@ class ServiceContext:
     deps: dict[str, Any]
     # provider_id -> provider instance, for the spec's ``provider_api``.
     providers: dict[str, Any]
+    # Token budgets to charge usage to; None when no quota is configured.
+    quotas: Quotas | None = None
 
     def dep(self, name: str, kind: type[T]) -> T:
         """The built dependency ``name``; ``kind`` is its api Protocol (for the type checker)."""

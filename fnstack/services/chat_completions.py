@@ -58,7 +58,7 @@ class ChatCompletionsService(Service):
             async def on_complete(completion: ChatCompletion) -> None:
                 await self._store(completion, request, user)
 
-            result.on_complete = on_complete
+            result.add_done(on_complete)
             return result
         await self._store(result, request, user)
         return result

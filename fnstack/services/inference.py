@@ -30,12 +30,14 @@ from fnstack.api.inference import (
     CompletionRequest,
     EmbeddingList,
     EmbeddingRequest,
+    EmbeddingUsage,
     FunctionCall,
     InferenceProvider,
     ToolCall,
     Usage,
 )
 from fnstack.errors import InvalidRequestError
+from fnstack.quotas import Quotas
 from fnstack.records import check_storable, new_id
 from fnstack.routing import RoutingEntry
 from fnstack.services import Service, ServiceContext, ServiceSpec
@@ -53,8 +55,13 @@ def new_completion_id() -> str:
 
 
 class InferenceService(Service):
-    def __init__(self, models: ModelsService) -> None:
+    def __init__(self, models: ModelsService, quotas: Quotas | None = None) -> None:
         self.models = models
+        self.quotas = quotas
+
+    async def _charge(self, user: Owner, usage: Usage | EmbeddingUsage | None) -> None:
+        if self.quotas is not None and usage is not None:
+            await self.quotas.add_tokens(user, usage.total_tokens)
 
     async def _route(
         self, model: str, want: Literal["llm", "embedding"], endpoint: str, user: Owner
@@ -82,8 +89,16 @@ class InferenceService(Service):
         cid = new_completion_id()
         result = await provider.chat_completion(upstream)
         if not isinstance(result, ChatCompletion):
-            return ChatStream(result, request, public, cid)
+            stream = ChatStream(result, request, public, cid)
+            if self.quotas is not None:
+
+                async def charge(completion: ChatCompletion) -> None:
+                    await self._charge(user, completion.usage)
+
+                stream.add_done(charge)
+            return stream
         result.id, result.model = cid, public
+        await self._charge(user, result.usage)
         return result
 
     async def completion(
@@ -99,8 +114,13 @@ class InferenceService(Service):
         )
         if isinstance(result, Completion):
             result.model = public
+            await self._charge(user, result.usage)
             return result
-        return _rename(result, public)
+
+        async def charge(usage: Usage | None) -> None:
+            await self._charge(user, usage)
+
+        return _rename(result, public, charge)
 
     async def embeddings(self, request: EmbeddingRequest, user: Owner) -> EmbeddingList:
         if isinstance(request.input, list) and not request.input:
@@ -112,6 +132,7 @@ class InferenceService(Service):
             request.model_copy(update={"model": entry.provider_resource_id})
         )
         result.model = public
+        await self._charge(user, result.usage)
         return result
 
 
@@ -136,8 +157,12 @@ class ChatStream:
             request.stream_options and request.stream_options.include_usage
         )
         self._gen = self._run(public, cid)
-        # Called with the assembled completion once the stream has ended normally.
-        self.on_complete: Callable[[ChatCompletion], Awaitable[None]] | None = None
+        # Called with the assembled completion once the stream has ended normally,
+        # before its last chunk goes out (storing it, charging its tokens).
+        self._done: list[Callable[[ChatCompletion], Awaitable[None]]] = []
+
+    def add_done(self, callback: Callable[[ChatCompletion], Awaitable[None]]) -> None:
+        self._done.append(callback)
 
     def __aiter__(self) -> ChatStream:
         return self
@@ -180,20 +205,27 @@ class ChatStream:
             if aclose is not None:
                 await aclose()
         # Reached only when the stream ended normally: the client got every chunk.
-        if self.on_complete is not None:
-            await self.on_complete(acc.completion(cid, public, created))
+        if self._done:
+            completion = acc.completion(cid, public, created)
+            for callback in self._done:
+                await callback(completion)
 
 
-async def _rename(chunks: AsyncIterator[Completion], public: str) -> AsyncIterator[Completion]:
+async def _rename(
+    chunks: AsyncIterator[Completion], public: str,
+    on_usage: Callable[[Usage | None], Awaitable[None]],
+) -> AsyncIterator[Completion]:
+    usage: Usage | None = None
     try:
         async for chunk in chunks:
             chunk.model = public
+            usage = chunk.usage or usage
             yield chunk
     finally:
         aclose = getattr(chunks, "aclose", None)
         if aclose is not None:
             await aclose()
-
+    await on_usage(usage)
 
 
 def _check_chat(request: ChatCompletionRequest) -> None:
@@ -291,7 +323,7 @@ class _Assembler:
 
 
 async def _build(ctx: ServiceContext) -> InferenceService:
-    return InferenceService(ctx.dep("models", ModelsService))
+    return InferenceService(ctx.dep("models", ModelsService), ctx.quotas)
 
 
 def _router() -> APIRouter:

@@ -68,6 +68,14 @@ class SqliteDatabase:
         self._conn.execute("PRAGMA busy_timeout=30000")
         self._conn.executescript(_SCHEMA)
         self._lock = threading.Lock()
+        # Reads get a connection of their own: in WAL mode they never wait for a writer,
+        # so a write stalled on another process's lock (up to busy_timeout) stalls
+        # neither lookups nor listings.
+        self._rconn = sqlite3.connect(
+            str(path), check_same_thread=False, isolation_level=None, timeout=30.0
+        )
+        self._rconn.execute("PRAGMA busy_timeout=30000")
+        self._rlock = threading.Lock()
         self.refs = 0
 
     @classmethod
@@ -86,6 +94,7 @@ class SqliteDatabase:
             if self.refs <= 0:
                 self._instances.pop(str(self.path.resolve()), None)
                 self._conn.close()
+                self._rconn.close()
 
     def _run(self, sql: str, params: tuple[Any, ...]) -> tuple[list[tuple[Any, ...]], int]:
         with self._lock:
@@ -96,6 +105,14 @@ class SqliteDatabase:
         self, sql: str, params: tuple[Any, ...] = ()
     ) -> tuple[list[tuple[Any, ...]], int]:
         return await asyncio.to_thread(self._run, sql, params)
+
+    def _read(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        with self._rlock:
+            return self._rconn.execute(sql, params).fetchall()
+
+    async def read(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """A read-only statement on the read connection."""
+        return await asyncio.to_thread(self._read, sql, params)
 
     def _run_each(self, sql: str, rows: list[tuple[Any, ...]]) -> list[int]:
         with self._lock:
@@ -138,7 +155,7 @@ class SqliteKVStore(KVStore):
         self._db = SqliteDatabase.open(db_path)
 
     async def _get(self, key: str) -> RawRecord | None:
-        rows, _ = await self._db.run(
+        rows = await self._db.read(
             f"SELECT {_COLUMNS} FROM kv WHERE namespace=? AND key=?", (self.namespace, key)
         )
         return RawRecord(*rows[0]) if rows else None
@@ -235,7 +252,7 @@ class SqliteKVStore(KVStore):
             where.append("owner = ?")
             params.append(owner)
         direction = "ASC" if order == "asc" else "DESC"
-        rows, _ = await self._db.run(
+        rows = await self._db.read(
             f"SELECT {_COLUMNS} FROM kv WHERE {' AND '.join(where)} "
             f"ORDER BY key {direction} LIMIT ?",
             (*params, limit),

@@ -244,3 +244,45 @@ async def test_refresh_ttl_zero_asks_every_time(tmp_path: Path, fake: FakeOpenAI
             assert (await c.get("/v1/models")).status_code == 200
         assert sum(1 for s in fake.requests if s.path.endswith("/models")) - before == 3
     await app.state.stack.shutdown()
+
+
+async def test_quotas_429_with_retry_after_and_token_budgets(
+    tmp_path: Path, fake: FakeOpenAI
+) -> None:
+    cfg = _config(tmp_path, fake.base_url, quotas={"rules": [
+        {"scope": "principal", "requests": 3, "window_s": 3600},
+        {"scope": "attribute:teams", "tokens": 10, "window_s": 3600},
+    ]})
+    app = create_app(cfg, lifespan=False)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://t") as c:
+        for _ in range(3):
+            assert (await c.get("/v1/models")).status_code == 200
+        r = await c.get("/v1/models")
+        err = assert_error(r, 429, param=None)
+        assert err["code"] == "rate_limit_exceeded" and err["type"] == "rate_limit_error"
+        assert 1 <= int(r.headers["retry-after"]) <= 3600
+        # Health is not counted.
+        assert (await c.get("/v1/health")).status_code == 200
+    await app.state.stack.shutdown()
+
+
+async def test_token_budget_charged_from_usage(tmp_path: Path, fake: FakeOpenAI) -> None:
+    from fnstack.storage import Owner
+
+    cfg = _config(tmp_path, fake.base_url, quotas={"rules": [
+        {"scope": "principal", "tokens": 5, "window_s": 3600}]})
+    app = create_app(cfg, lifespan=False)
+    stack = app.state.stack
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://t") as c:
+        body = {"model": "fake-model", "messages": [{"role": "user", "content": "Hi"}]}
+        first = await c.post("/v1/chat/completions", json=body)
+        assert first.status_code == 200, first.text
+        assert first.json()["usage"]["total_tokens"] > 5
+        # The budget is spent now: the next request is refused before any work.
+        assert_error(await c.post("/v1/chat/completions", json=body), 429, param=None)
+        assert stack.quotas is not None
+        with pytest.raises(Exception, match="token"):
+            await stack.quotas.check_tokens(Owner())
+    await app.state.stack.shutdown()
