@@ -7,6 +7,7 @@ pure ASGI (no BaseHTTPMiddleware) so streaming responses pass through untouched.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -47,6 +48,11 @@ def create_app(
     stack then starts on the first request instead.
     """
     configure_logging(config.logging.level)
+    if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+        from fnstack.auth import check_exposure
+
+        # A function refuses to start open unless the config says `auth: {type: none}`.
+        check_exposure(config.auth, host=None, on_lambda=True)
     stack = stack or Stack(config, apis)
     served = stack.apis
 

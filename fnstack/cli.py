@@ -46,12 +46,19 @@ def main() -> None:
 @click.option("--port", type=int, default=None, help="Port (default: server.port, 8321).")
 @click.option("--host", default=None, help="Interface (default: server.host, 127.0.0.1).")
 @click.option("--no-warmup", is_flag=True, help="Load models on first use instead of at start.")
-def run(config: str, port: int | None, host: str | None, no_warmup: bool) -> None:
+@click.option("--insecure", is_flag=True,
+              help="Serve without authentication on a non-loopback address (on purpose).")
+def run(config: str, port: int | None, host: str | None, no_warmup: bool,
+        insecure: bool) -> None:
     """Serve every API from one process. CONFIG: a distribution name or a YAML file."""
+    from fnstack.auth import check_exposure
     from fnstack.config import load_config
 
     try:
         cfg = load_config(config)
+        # Open only on loopback: anywhere else authentication, or an explicit choice.
+        check_exposure(cfg.auth, host=host or cfg.server.host, insecure=insecure,
+                       on_lambda=False)
     except ConfigError as exc:
         _fail(exc)
         return
