@@ -14,6 +14,11 @@ imported when the model is first loaded, never at top level.
       model_path: null                  # sentence-transformers folder; default: bundled
       onnx_path: null                   # prebuilt graph (Lambda: inside the layer)
       max_batch_size: 32
+      max_inputs: 2048                  # inputs per request (OpenAI's limit)
+      max_input_tokens: 8192            # tokens per input, before truncation to the model's
+      max_request_tokens: 300000        #   context; and in all inputs of one request -> 400
+      max_pending_requests: 16          # admitted (queued or running) at once, and the
+      max_pending_tokens: 131072        #   tokens they hold; past either -> 429 + retry-after
       intra_op_threads: null            # onnxruntime's default: one per physical core
       int8: false                       # quantized graph: ~2x faster, approximate
 """
@@ -26,8 +31,10 @@ import contextlib
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +53,13 @@ from fnstack.api.inference import (
     EmbeddingRequest,
     EmbeddingUsage,
 )
-from fnstack.errors import ConfigError, FnstackError, InternalError, InvalidRequestError
+from fnstack.errors import (
+    ConfigError,
+    FnstackError,
+    InternalError,
+    InvalidRequestError,
+    RateLimitError,
+)
 from fnstack.spec import Api, ProviderContext, ProviderModel, ProviderSpec
 
 if TYPE_CHECKING:
@@ -94,6 +107,21 @@ class OnnxEmbeddingsConfig(BaseModel):
     # dir the app gives providers ($FNSTACK_CACHE_DIR or ~/.cache/fnstack).
     cache_dir: Path | None = None
     max_batch_size: int = Field(default=32, ge=1, le=MAX_INPUTS)
+    # Per-request limits, checked before any model work: past them, a 400 that names
+    # the limit. Tokens are counted as the model's tokenizer counts them ([CLS] and
+    # [SEP] included) before truncation to the model's context (256 for MiniLM);
+    # OpenAI's own limits are 2048 inputs, 8192 tokens per input, 300k per request.
+    max_inputs: int = Field(default=MAX_INPUTS, ge=1)
+    max_input_tokens: int = Field(default=8192, ge=2)
+    max_request_tokens: int = Field(default=300_000, ge=2)
+    # Admission: requests admitted at once (queued or running) and the tokens they
+    # hold (after truncation: the work to do). Past either, 429 with retry-after, so
+    # a burst waits at the client instead of piling up here. A request alone is always
+    # admitted, however large. Batches of admitted requests take turns (FIFO), so a
+    # small request is not stuck behind a big one; a request whose client went away
+    # (its task cancelled) stops at the next batch.
+    max_pending_requests: int = Field(default=16, ge=1)
+    max_pending_tokens: int = Field(default=131_072, ge=1)
     # None lets onnxruntime pick (one thread per physical core).
     intra_op_threads: int | None = Field(default=None, ge=1)
     # Serve an int8-quantized graph: about 2x the throughput on CPU, but vectors are
@@ -263,9 +291,16 @@ def ensure_graph(path: Path, model_dir: Path, *, int8: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with _file_lock(path.with_name(path.name + ".lock")):
         if not path.is_file():
-            from providers.inference.onnx_export import export_onnx
+            from fnstack.progress import step
+            from providers.inference.onnx_export import export_onnx, export_stages
 
-            export_onnx(path, model_dir, int8=int8)
+            with step(
+                f"exporting {model_dir.name} to ONNX for inline::onnx-embeddings (once; "
+                f"cached in {path.parent})",
+                total=export_stages(int8=int8),
+                expect="about a minute",
+            ) as progress:
+                export_onnx(path, model_dir, int8=int8, progress=progress)
     return path
 
 
@@ -280,9 +315,10 @@ class _Runtime:
         self.info = info
         self.max_batch_size = cfg.max_batch_size
         self.tokenizer: Tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-        # The shipped tokenizer.json pads and truncates to 128; we truncate where
-        # sentence-transformers does and pad per batch ourselves (less padding).
-        self.tokenizer.enable_truncation(max_length=info.max_length)
+        # The shipped tokenizer.json pads and truncates to 128; we count every token
+        # (for the request limits), truncate where sentence-transformers does (see
+        # `truncate`) and pad per batch ourselves (less padding).
+        self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -298,26 +334,39 @@ class _Runtime:
         self._run_lock = threading.Lock()
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Token ids with [CLS] and [SEP], *not* truncated (see `truncate`)."""
         return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=True)]
+
+    def truncate(self, seq: list[int]) -> list[int]:
+        """Keep the head, as the tokenizer's own truncation does: [CLS] body... [SEP]."""
+        limit = self.info.max_length
+        return seq if len(seq) <= limit else [*seq[: limit - 1], self.info.sep_id]
 
     def embed(self, seqs: list[list[int]]) -> npt.NDArray[np.float32]:
         """Unit vectors (n, hidden) for token id sequences, in input order."""
         import numpy as np
 
         out = np.empty((len(seqs), self.info.hidden_size), dtype=np.float32)
-        for chunk in self._batches([len(s) for s in seqs]):
-            width = len(seqs[chunk[0]])
-            ids = np.zeros((len(chunk), width), dtype=np.int64)
-            mask = np.zeros((len(chunk), width), dtype=np.int64)
-            for row, i in enumerate(chunk):
-                ids[row, : len(seqs[i])] = seqs[i]
-                mask[row, : len(seqs[i])] = 1
-            with self._run_lock:
-                (vecs,) = self.session.run(None, {"input_ids": ids, "attention_mask": mask})
-            out[chunk] = vecs
+        for chunk in self.batches([len(s) for s in seqs]):
+            out[chunk] = self.run_batch(seqs, chunk)
         return out
 
-    def _batches(self, lengths: list[int]) -> list[list[int]]:
+    def run_batch(self, seqs: list[list[int]], chunk: list[int]) -> npt.NDArray[np.float32]:
+        """Unit vectors for ``seqs[i] for i in chunk``, padded to the longest of them."""
+        import numpy as np
+
+        width = max(len(seqs[i]) for i in chunk)
+        ids = np.zeros((len(chunk), width), dtype=np.int64)
+        mask = np.zeros((len(chunk), width), dtype=np.int64)
+        for row, i in enumerate(chunk):
+            ids[row, : len(seqs[i])] = seqs[i]
+            mask[row, : len(seqs[i])] = 1
+        with self._run_lock:
+            (vecs,) = self.session.run(None, {"input_ids": ids, "attention_mask": mask})
+        out: npt.NDArray[np.float32] = vecs
+        return out
+
+    def batches(self, lengths: list[int]) -> list[list[int]]:
         """Group input indices into batches that waste little compute on padding.
 
         Longest first; a batch closes at max_batch_size, or when the next input is
@@ -338,6 +387,56 @@ class _Runtime:
             else:
                 current.append(i)
         return batches
+
+
+# --- admission --------------------------------------------------------------------------
+
+
+class _Admission:
+    """A bound on the work admitted at once: requests, and tokens still to embed.
+
+    Past it the request is refused with 429 and a retry-after estimated from the
+    measured throughput (tokens per second of recent batches).
+    """
+
+    def __init__(self, max_requests: int, max_tokens: int) -> None:
+        self.max_requests = max_requests
+        self.max_tokens = max_tokens
+        self.requests = 0
+        self.tokens = 0
+        self.tokens_per_s: float | None = None
+
+    @contextlib.asynccontextmanager
+    async def admit(self, tokens: int) -> AsyncIterator[None]:
+        if self.requests and (
+            self.requests >= self.max_requests or self.tokens + tokens > self.max_tokens
+        ):
+            wait = self.retry_after()
+            raise RateLimitError(
+                f"the embedding model is busy ({self.requests} requests, {self.tokens} tokens "
+                f"in progress; limits max_pending_requests={self.max_requests}, "
+                f"max_pending_tokens={self.max_tokens}); retry in {wait} s",
+                code="server_busy",
+                headers={"retry-after": str(wait)},
+            )
+        self.requests += 1
+        self.tokens += tokens
+        try:
+            yield
+        finally:
+            self.requests -= 1
+            self.tokens -= tokens
+
+    def measured(self, tokens: int, seconds: float) -> None:
+        if seconds > 0:
+            rate = tokens / seconds
+            prev = self.tokens_per_s
+            self.tokens_per_s = rate if prev is None else 0.8 * prev + 0.2 * rate
+
+    def retry_after(self) -> int:
+        if not self.tokens_per_s:
+            return 1
+        return max(1, min(60, math.ceil(self.tokens / self.tokens_per_s)))
 
 
 # --- the provider --------------------------------------------------------------------
@@ -366,6 +465,8 @@ class OnnxEmbeddingsProvider:
             )
         self._runtime: _Runtime | None = None
         self._load_lock = asyncio.Lock()
+        self._turn = asyncio.Lock()
+        self._admission = _Admission(config.max_pending_requests, config.max_pending_tokens)
 
     def _load(self) -> _Runtime:
         graph = ensure_graph(self.graph_path, self.model_dir, int8=self.config.int8)
@@ -424,15 +525,16 @@ class OnnxEmbeddingsProvider:
             )
         texts, token_lists = self._split_input(request.input)
         rt = await self._get_runtime()
-
-        def work() -> tuple[npt.NDArray[np.float32], int]:
-            seqs = rt.tokenize(texts) if texts is not None else token_lists
-            return rt.embed(seqs), sum(len(s) for s in seqs)
-
-        try:
-            vectors, n_tokens = await asyncio.to_thread(work)
-        except Exception as exc:
-            raise InternalError(f"embedding failed: {exc}") from exc
+        if texts is not None:
+            try:
+                token_lists = await asyncio.to_thread(rt.tokenize, texts)
+            except Exception as exc:
+                raise InternalError(f"tokenizing failed: {exc}") from exc
+        self._check_lengths(token_lists)
+        seqs = [rt.truncate(seq) for seq in token_lists]
+        n_tokens = sum(len(s) for s in seqs)
+        async with self._admission.admit(n_tokens):
+            vectors = await self._embed(rt, seqs)
         if dims is not None and dims < vectors.shape[1]:
             # Matryoshka-style shortening: keep the first dims, then back to unit length.
             vectors = vectors[:, :dims]
@@ -452,6 +554,50 @@ class OnnxEmbeddingsProvider:
             usage=EmbeddingUsage(prompt_tokens=n_tokens, total_tokens=n_tokens),
         )
 
+    async def _embed(self, rt: _Runtime, seqs: list[list[int]]) -> npt.NDArray[np.float32]:
+        """Batch by batch, each in a worker thread, taking turns with other requests.
+
+        Awaiting each batch is what makes a request stoppable: when its task is
+        cancelled (the client went away, the server is stopping) no further batch of it
+        runs; only the one under way finishes, in its thread.
+        """
+        import numpy as np
+
+        out = np.empty((len(seqs), self.info.hidden_size), dtype=np.float32)
+        for chunk in rt.batches([len(s) for s in seqs]):
+            async with self._turn:  # FIFO: one batch at a time, requests interleave
+                started = time.monotonic()
+                try:
+                    out[chunk] = await asyncio.to_thread(rt.run_batch, seqs, chunk)
+                except Exception as exc:
+                    raise InternalError(f"embedding failed: {exc}") from exc
+                self._admission.measured(
+                    sum(len(seqs[i]) for i in chunk), time.monotonic() - started
+                )
+        return out
+
+    def _check_lengths(self, token_lists: list[list[int]]) -> None:
+        """The per-request token limits, on counts before truncation (400 past them)."""
+        cfg = self.config
+        total = 0
+        for i, seq in enumerate(token_lists):
+            if len(seq) > cfg.max_input_tokens:
+                raise InvalidRequestError(
+                    f"input[{i}] has {len(seq)} tokens; at most {cfg.max_input_tokens} per "
+                    f"input (max_input_tokens of provider {self.model_id!r}); shorten it. "
+                    f"Note that only the first {self.info.max_length} are embedded",
+                    param="input",
+                    code="input_too_long",
+                )
+            total += len(seq)
+        if total > cfg.max_request_tokens:
+            raise InvalidRequestError(
+                f"the inputs hold {total} tokens; at most {cfg.max_request_tokens} per "
+                "request (max_request_tokens): split the request",
+                param="input",
+                code="request_too_large",
+            )
+
     def _check_model(self, model: str) -> None:
         if model != self.model_id:
             raise InvalidRequestError(
@@ -467,10 +613,12 @@ class OnnxEmbeddingsProvider:
             raise InvalidRequestError("input must not be empty", param="input")
         if all(isinstance(x, int) for x in items):
             items = [items]  # one token array
-        if len(items) > MAX_INPUTS:
+        if len(items) > self.config.max_inputs:
             raise InvalidRequestError(
-                f"at most {MAX_INPUTS} inputs per request, got {len(items)}: split the request",
+                f"at most {self.config.max_inputs} inputs per request (max_inputs), got "
+                f"{len(items)}: split the request",
                 param="input",
+                code="too_many_inputs",
             )
         if all(isinstance(x, str) for x in items):
             for i, text in enumerate(items):
@@ -499,8 +647,8 @@ class OnnxEmbeddingsProvider:
             )
         body = seq[1:] if seq[0] == info.cls_id else seq
         body = body[:-1] if body and body[-1] == info.sep_id else body
-        # Truncate as the tokenizer does: keep the head, leave room for [CLS] and [SEP].
-        return [info.cls_id, *body[: info.max_length - 2], info.sep_id]
+        # Not truncated yet: counted against the limits first, like text (`truncate`).
+        return [info.cls_id, *body, info.sep_id]
 
     async def chat_completion(
         self, request: ChatCompletionRequest

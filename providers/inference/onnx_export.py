@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fnstack.progress import Step, step
 from providers.inference.onnx_embeddings import (
     DEFAULT_MODEL_ID,
     bundled_model_dir,
@@ -44,7 +45,14 @@ from providers.inference.onnx_embeddings import (
     read_model_info,
 )
 
-__all__ = ["BertArgs", "SentenceBert", "export_onnx", "load_sentence_bert", "main"]
+__all__ = [
+    "BertArgs",
+    "SentenceBert",
+    "export_onnx",
+    "export_stages",
+    "load_sentence_bert",
+    "main",
+]
 
 # ONNX opset 17 has LayerNormalization as one op; onnxruntime fuses the rest (Gelu from
 # its Erf pattern, attention, skip+layernorm) when it optimises the graph.
@@ -211,15 +219,19 @@ def export_onnx(
     optimize: bool = True,
     int8: bool = False,
     fp16_weights: bool = True,
+    progress: Step | None = None,
 ) -> Path:
     """Export the graph to ``out`` atomically (temp file in the same folder, then rename).
 
     With ``optimize`` the saved graph is already fused (see `_optimize`), which makes
     it faster and saves every cold start the fusion work. ``int8`` quantizes it too
     (see `_quantize_int8`): about twice as fast, but no longer exact. ``fp16_weights``
-    halves the file (see `_store_weights_fp16`); compute stays float32.
+    halves the file (see `_store_weights_fp16`); compute stays float32. ``progress``
+    hears of each stage done (`export_stages` says how many there are).
     """
+    advance = progress.advance if progress is not None else (lambda note="", n=1: None)
     model = load_sentence_bert(model_dir)
+    advance("weights loaded")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     ids = torch.tensor([[101, 7592, 2088, 102], [101, 7592, 102, 0]], dtype=torch.int64)
@@ -248,16 +260,20 @@ def export_onnx(
                 do_constant_folding=True,
                 dynamo=False,
             )
+        advance("traced to ONNX")
         if optimize:
             _optimize(raw, final, model.args)
+            advance("fused")
         else:
             raw.replace(final)
         if int8:
             _quantize_int8(final, raw)
             raw.replace(final)
+            advance("quantized")
         if fp16_weights:
             _store_weights_fp16(final, raw)
             raw.replace(final)
+            advance("weights stored as float16")
         # mkstemp creates 0600 files: the graph must be readable by whoever serves it
         # (another user of a shared cache, the Lambda runtime user of a layer).
         final.chmod(0o644)
@@ -266,6 +282,11 @@ def export_onnx(
         raw.unlink(missing_ok=True)
         final.unlink(missing_ok=True)
     return out
+
+
+def export_stages(*, optimize: bool = True, int8: bool = False, fp16_weights: bool = True) -> int:
+    """How many times `export_onnx` advances its progress."""
+    return 2 + optimize + int8 + fp16_weights
 
 
 def _optimize(src: Path, dst: Path, args: BertArgs) -> None:
@@ -385,13 +406,11 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or default_graph_path(
         model_dir, default_cache_dir(), DEFAULT_MODEL_ID, int8=args.int8
     )
-    path = export_onnx(
-        out,
-        model_dir,
-        optimize=not args.no_optimize,
-        int8=args.int8,
-        fp16_weights=not args.fp32_weights,
-    )
+    options = {"optimize": not args.no_optimize, "int8": args.int8,
+               "fp16_weights": not args.fp32_weights}
+    with step(f"exporting {model_dir.name} to ONNX", total=export_stages(**options),
+              expect="about a minute") as progress:
+        path = export_onnx(out, model_dir, progress=progress, **options)
     print(path)
     return 0
 
