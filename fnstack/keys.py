@@ -22,6 +22,7 @@ import hmac
 import re
 import secrets
 import time
+import weakref
 from typing import Literal
 
 from pydantic import BaseModel
@@ -36,6 +37,9 @@ RECORD_PREFIX = "apikey:"
 # Time-ordered hex key ids: listings come back in creation order for free.
 _KEY_ID = re.compile(r"^[0-9a-f]{12,32}$")
 _CACHE_MAX = 10_000
+
+_Entry = tuple[float, str | None, Owner | None]
+_CACHES: weakref.WeakKeyDictionary[KVStore, dict[str, _Entry]] = weakref.WeakKeyDictionary()
 
 
 def hash_secret(secret: str) -> str:
@@ -52,9 +56,15 @@ def parse_key(token: str) -> tuple[str, str] | None:
     return key_id, secret
 
 
+_last_ms = 0
+
+
 def _new_key_id() -> str:
-    # 12 hex digits of milliseconds (good until year 10889) + 6 random: sorts by time.
-    return f"{int(time.time() * 1000):012x}{secrets.token_hex(3)}"
+    # 12 hex digits of milliseconds (good until year 10889) + 6 random: sorts by time,
+    # and strictly by creation order within a process (never the same millisecond twice).
+    global _last_ms
+    _last_ms = max(int(time.time() * 1000), _last_ms + 1)
+    return f"{_last_ms:012x}{secrets.token_hex(3)}"
 
 
 class KeyInfo(BaseModel):
@@ -103,8 +113,11 @@ class KeyStore:
     def __init__(self, kv: KVStore, *, cache_ttl_s: float = 0.0) -> None:
         self.kv = kv
         self.cache_ttl_s = cache_ttl_s
-        # key_id -> (trusted until (monotonic), sha256 of the secret or None, owner)
-        self._cache: dict[str, tuple[float, str | None, Owner | None]] = {}
+        # key_id -> (trusted until (monotonic), sha256 of the secret or None, owner).
+        # Shared by every KeyStore over the same kv store object, so a revocation
+        # through one (the /v1/keys service) is seen at once by another (the
+        # authenticator) in this process.
+        self._cache = _CACHES.setdefault(kv, {})
 
     async def create(
         self,
@@ -188,7 +201,7 @@ class KeyStore:
             return None
         key_id, secret = parsed
         now = time.monotonic()
-        hit = self._cache.get(key_id)
+        hit = self._cache.get(key_id) if self.cache_ttl_s > 0 else None
         if hit is None or hit[0] <= now:
             hit = await self._load(key_id, now)
         expected, owner = hit[1], hit[2]
@@ -200,9 +213,9 @@ class KeyStore:
             return None
         return owner
 
-    async def _load(self, key_id: str, now: float) -> tuple[float, str | None, Owner | None]:
+    async def _load(self, key_id: str, now: float) -> _Entry:
         record = await self.kv.get(RECORD_PREFIX + key_id)
-        entry: tuple[float, str | None, Owner | None]
+        entry: _Entry
         if record is None or record.value.get("revoked_at") is not None:
             entry = (now + self.cache_ttl_s, None, None)
         else:

@@ -112,9 +112,15 @@ async def test_revoke_list_get(kv: KVStore) -> None:
         await keys.get("../etc")
 
 
-async def test_revocation_elsewhere_propagates_within_cache_ttl(kv: KVStore) -> None:
+async def test_revocation_elsewhere_propagates_within_cache_ttl(
+    kv: KVStore, tmp_path: Path
+) -> None:
     mine = KeyStore(kv, cache_ttl_s=0.3)
-    other = KeyStore(kv)  # another process, e.g. the admin function or the CLI
+    # Another process (the admin function, the CLI): its own store object on the same data.
+    elsewhere = open_kv(
+        KVSqliteConfig(type="kv_sqlite", db_path=str(tmp_path / "kv.db")), "registry"
+    )
+    other = KeyStore(elsewhere)
     info, key = await mine.create("k")
     assert await mine.verify(key) is not None
     await other.revoke(info.id)
@@ -125,6 +131,16 @@ async def test_revocation_elsewhere_propagates_within_cache_ttl(kv: KVStore) -> 
     _, key2 = await mine.create("k2")
     assert await mine.verify(key2) is not None
     assert await mine.verify(key2[:-2] + "zz") is None
+    await elsewhere.close()
+
+
+async def test_revocation_through_another_keystore_on_the_same_store(kv: KVStore) -> None:
+    auth = KeyStore(kv, cache_ttl_s=60)  # the authenticator's
+    service = KeyStore(kv)  # the /v1/keys service's, over the same store object
+    info, key = await service.create("k")
+    assert await auth.verify(key) is not None  # cached for 60 s
+    await service.revoke(info.id)
+    assert await auth.verify(key) is None  # seen at once in this process
 
 
 async def test_bad_names(kv: KVStore) -> None:
