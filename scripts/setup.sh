@@ -7,7 +7,7 @@
 # Each step says what it does, how long it usually takes, and how long it took. pip
 # runs quietly; its full output is in .venv/setup.log when something fails.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || PYTHON=python3
@@ -88,6 +88,11 @@ install_llamacpp() {
   say "  llama.cpp built in $(elapsed "$t0")"
   check_conflicts
 }
+
+# Sourced (by tests/unit/test_setup_script.py): the functions above, nothing run.
+if [ "${BASH_SOURCE[0]}" != "$0" ]; then
+  return 0
+fi
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ]; then
   [ "$WITH_LLAMACPP" = 1 ] && install_llamacpp
