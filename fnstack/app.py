@@ -96,6 +96,7 @@ def _install_auth(app: FastAPI, config: RunConfig, stack: Stack) -> None:
     if authenticator is not None:
         app.add_middleware(AuthMiddleware, authenticator=authenticator,
                            exempt_paths=config.auth.exempt_paths)
+        stack.add_closer(authenticator.close)
 
 
 def _include_routers(app: FastAPI, specs: Iterable[ServiceSpec]) -> None:

@@ -37,7 +37,12 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from fnstack.errors import AuthenticationError, ConfigError, FnstackError
+from fnstack.errors import (
+    AuthenticationError,
+    ConfigError,
+    FnstackError,
+    ServiceUnavailableError,
+)
 from fnstack.logs import request_id_var
 from fnstack.storage import Owner
 
@@ -87,7 +92,7 @@ KEYS_HINT = (
 # --- errors -----------------------------------------------------------------------------
 
 
-class AuthUnavailableError(FnstackError):
+class AuthUnavailableError(ServiceUnavailableError):
     """The credentials could not be checked (a JWKS, SSM or the custom service failed):
     the caller may retry; never a 500 and never an open door."""
 

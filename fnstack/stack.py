@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,6 +131,7 @@ class Stack:
             if api in provider_apis:
                 self.providers[p.provider_id] = ProviderHandle(api, p, load_spec(p.provider_type))
         self._services: dict[str, Service] = {}
+        self._closers: list[Callable[[], Awaitable[None]]] = []
         self._lock = asyncio.Lock()
         self._started = False
         self.cache_dir = Path(config.cache_dir).expanduser()
@@ -196,8 +197,18 @@ class Stack:
             )
         return handle.instance
 
+    def add_closer(self, close: Callable[[], Awaitable[None]]) -> None:
+        """Run ``close`` at shutdown (before the services): for what the app builds
+        around the stack, such as the authenticator's HTTP clients."""
+        self._closers.append(close)
+
     async def shutdown(self) -> None:
         async with self._lock:
+            for close in self._closers:
+                try:
+                    await close()
+                except Exception:
+                    log.exception("close failed")
             # Services first, newest first: the history drains its writes while the
             # providers and stores it writes through are still there.
             for name in reversed(list(self._services)):
