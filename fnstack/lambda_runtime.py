@@ -17,10 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
-import uuid
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote_plus
 
@@ -32,7 +29,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EventKind",
-    "LambdaContext",
     "LambdaHandler",
     "UnsupportedEventError",
     "batch_worker",
@@ -170,36 +166,3 @@ def batch_worker(config: RunConfig) -> LambdaHandler:
         return {"started": started, "skipped": skipped}
 
     return lambda_handler(sqs=on_sqs, s3=on_s3)
-
-
-# --- a context object for local invocations --------------------------------------------
-
-
-@dataclass
-class LambdaContext:
-    """What the Lambda runtime passes as ``context``, for `fnstack invoke` and the gateway."""
-
-    function_name: str
-    memory_limit_in_mb: int = 1024
-    timeout_s: float = 30.0
-    function_version: str = "$LATEST"
-    region: str = "us-east-1"
-    account_id: str = "123456789012"
-    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    started: float = field(default_factory=time.monotonic)
-
-    @property
-    def invoked_function_arn(self) -> str:
-        return f"arn:aws:lambda:{self.region}:{self.account_id}:function:{self.function_name}"
-
-    @property
-    def log_group_name(self) -> str:
-        return f"/aws/lambda/{self.function_name}"
-
-    @property
-    def log_stream_name(self) -> str:
-        return time.strftime("%Y/%m/%d/[$LATEST]") + self.aws_request_id.replace("-", "")
-
-    def get_remaining_time_in_millis(self) -> int:
-        left = self.timeout_s - (time.monotonic() - self.started)
-        return max(0, int(left * 1000))

@@ -22,11 +22,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import boto3
 
+from fnstack_dev.sandbox import stop
 from fnstack_dev.template import Resolver, Template
 
 REGION = "us-east-1"
@@ -127,14 +129,8 @@ class MotoServer:
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            stop(proc, grace=5)
 
     def __enter__(self) -> MotoServer:
         self.start()
@@ -153,9 +149,11 @@ class MotoServer:
 class EmulatedAws:
     """A `MotoServer` holding the template's DynamoDB tables, S3 buckets and SQS queues."""
 
-    def __init__(self, template: Template, *, port: int | None = None) -> None:
+    def __init__(self, template: Template, *, port: int | None = None,
+                 data_dir: Path | None = None) -> None:
         self.template = template
         self.server = MotoServer(port=port)
+        self.data_dir = data_dir
         self.refs: dict[str, str] = {}
         self.attrs: dict[tuple[str, str], str] = {}
 

@@ -1,113 +1,87 @@
-"""A local API Gateway (REST API) in front of template.yaml's functions, in-process.
+"""A local API Gateway (REST API) in front of template.yaml's functions.
 
 Each HTTP request becomes the REST API proxy event (payload format 1.0), is routed by
-the template's own ``Type: Api`` events to that function's handler and the Lambda
-response becomes the HTTP response. Like Lambda, each function is one module instance
-(imported once, with its environment) running one invocation at a time on its own
-thread, which keeps the event loop Mangum made at import.
+the template's own ``Type: Api`` events to that function and the Lambda response
+becomes the HTTP response. The functions are ``FunctionPool``s running the built bundle
+(fnstack_dev.sandbox) or, in development mode, ``LocalFunction``s importing the source
+tree (fnstack_dev.inprocess): anything with ``async invoke(event, *, http)``.
 
-Limits as on AWS: requests over 6 MB get 413; buffered routes time out after their
-integration timeout (29 s by default) with 504; streaming routes
-(``ResponseTransferMode: RESPONSE_STREAM``) have no such timeout, and answer buffered
-here (the whole SSE body, in one response). Errors are in OpenAI's shape.
+API Gateway's own behaviour, as the deployed REST API has it:
+
+- the stage prefix (``/prod/v1/...``) of the deployed URL; paths without it are
+  accepted too, for convenience;
+- the path decoded once: the event's ``path`` is the request path as sent
+  (percent-encoded) and path parameters are decoded once;
+- header names as the client sent them, plus ``X-Forwarded-For/-Proto/-Port`` and
+  ``X-Amzn-Trace-Id``;
+- its own errors in its own shape, ``{"message": ...}``: 403 ``Missing Authentication
+  Token`` (no route or method), 413 ``Request Too Long`` (over 10 MB, or an event over
+  Lambda's 6 MB invocation limit, measured as Lambda does on the UTF-8 JSON event), 502
+  ``Internal server error`` (the function failed, timed out, or answered no valid proxy
+  response or more than 6 MB), 504 ``Endpoint request timed out`` (the route's
+  integration timeout, ``TimeoutInMillis``, 29 s by default);
+- ``BinaryMediaTypes``: a request whose Content-Type matches arrives base64-encoded; a
+  base64 response is decoded only when the client's Accept (its first type) matches;
+- streaming routes (``ResponseTransferMode: RESPONSE_STREAM``) relay a Web Adapter
+  function's stream as it comes (a Python handler's answer, buffered, is sent whole).
 
 The gateway also speaks Lambda's Invoke API (``POST /2015-03-31/functions/NAME/
-invocations``, as `sam local start-lambda` does), so SQS/S3 sample events can be sent
-to the worker, and, with emulated AWS, polls each SQS event source and delivers its
-messages to the function the way Lambda's event source mapping does.
+invocations``, as `sam local start-lambda` does), and, with emulated AWS, polls each
+SQS event source and the bucket's S3 notification sources and delivers them to their
+function as Lambda's event source mappings and S3 do.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import importlib.util
+import contextlib
 import json
 import logging
-import os
-import sys
-import threading
 import time
 import uuid
-from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
-from types import ModuleType
-from typing import Any
-from urllib.parse import parse_qsl
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, quote
 
 from starlette.types import Receive, Scope, Send
 
-from fnstack.lambda_runtime import LambdaContext
-from fnstack_dev.template import LAMBDA_PAYLOAD_LIMIT, FunctionDef, Route, Template, match_route
+from fnstack_dev.sandbox import Buffered, FunctionError, Streamed
+from fnstack_dev.template import LAMBDA_PAYLOAD_LIMIT, Route, Template, match_route
 
-__all__ = ["Gateway", "LocalFunction", "rest_event"]
+__all__ = ["API_GATEWAY_PAYLOAD_LIMIT", "Function", "Gateway", "rest_event"]
 
 log = logging.getLogger("fnstack.gateway")
 
-_ENV_LOCK = threading.Lock()
+API_GATEWAY_PAYLOAD_LIMIT = 10 * 1024 * 1024  # REST API request payload
 _INVOKE_PREFIX = "/2015-03-31/functions/"
 
+Headers = list[tuple[bytes, bytes]]
 
-class LocalFunction:
-    """One function of the template, imported in this process on its own thread."""
 
-    def __init__(self, fn: FunctionDef, env: Mapping[str, str]) -> None:
-        if fn.package_type != "Zip" and not fn.handler:
-            raise ValueError(f"{fn.logical_id} is a container image without a handler")
-        if "." not in fn.handler:
-            raise ValueError(f"{fn.logical_id}: handler {fn.handler!r} is not module.attribute")
-        self.fn = fn
-        self.env = dict(env)
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=fn.logical_id)
-        self._handler: Any = None
-        self.module: ModuleType | None = None
+class Function(Protocol):
+    async def invoke(self, event: Any, *, http: bool = False) -> Buffered | Streamed: ...
 
-    def load(self) -> None:
-        """Import the handler module (the cold start), on the function's own thread."""
-        self._executor.submit(self._import).result()
+    def close(self) -> None: ...
 
-    def _import(self) -> None:
-        module_name, _, attr = self.fn.handler.rpartition(".")
-        path = self.fn.code_dir / f"{module_name.replace('.', '/')}.py"
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{self.fn.logical_id}: handler {self.fn.handler!r} needs {path}, which is missing"
-            )
-        with _ENV_LOCK:
-            # One process hosts every function: the variables stay set (they agree
-            # between functions except for what only one of them reads).
-            os.environ.update(self.env)
-            code_dir = str(self.fn.code_dir)
-            if code_dir not in sys.path:
-                sys.path.insert(0, code_dir)
-        unique = f"_fnstack_fn_{self.fn.logical_id}"
-        spec = importlib.util.spec_from_file_location(unique, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[unique] = module
-        spec.loader.exec_module(module)
-        handler = getattr(module, attr, None)
-        if not callable(handler):
-            raise AttributeError(f"{path} defines no callable {attr!r} (handler {self.fn.handler})")
-        self.module, self._handler = module, handler
 
-    def invoke(self, event: dict[str, Any]) -> Any:
-        """Run the handler with ``event`` (blocking); loads the module on first use."""
-        return self._executor.submit(self._call, event).result()
+@dataclass
+class Reply:
+    status: int
+    headers: Headers
+    body: bytes
 
-    async def ainvoke(self, event: dict[str, Any]) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._call, event)
 
-    def _call(self, event: dict[str, Any]) -> Any:
-        if self._handler is None:
-            self._import()
-        context = LambdaContext(function_name=self.fn.logical_id,
-                                memory_limit_in_mb=self.fn.memory_mb, timeout_s=self.fn.timeout_s)
-        return self._handler(event, context)
+def _apigw_error(status: int, message: str, error_type: str) -> Reply:
+    """An error API Gateway answers itself: its shape, not the app's."""
+    return Reply(status, [(b"content-type", b"application/json"),
+                          (b"x-amzn-errortype", error_type.encode())],
+                 json.dumps({"message": message}).encode())
 
-    def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+
+def _trace_id() -> str:
+    return f"Root=1-{int(time.time()):08x}-{uuid.uuid4().hex[:24]}"
 
 
 def rest_event(
@@ -115,7 +89,7 @@ def rest_event(
     method: str,
     path: str,
     query: bytes,
-    headers: list[tuple[bytes, bytes]],
+    headers: list[tuple[str, str]],
     body: bytes,
     route: Route,
     params: Mapping[str, str],
@@ -123,20 +97,23 @@ def rest_event(
     source_ip: str = "127.0.0.1",
     binary_types: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """The API Gateway REST API proxy event (payload 1.0) for one request."""
+    """The API Gateway REST API proxy event (payload 1.0) for one request.
+
+    ``path`` is the request path as sent (percent-encoded), without the stage;
+    ``headers`` keep the client's names.
+    """
     single: dict[str, str] = {}
     multi: dict[str, list[str]] = {}
-    for k, v in headers:
-        name, value = k.decode("latin-1"), v.decode("latin-1")
-        canonical = "-".join(p.capitalize() for p in name.split("-"))
-        single[canonical] = value
-        multi.setdefault(canonical, []).append(value)
+    for name, value in headers:
+        single[name] = value
+        multi.setdefault(name, []).append(value)
     qs_single: dict[str, str] = {}
     qs_multi: dict[str, list[str]] = {}
     for qk, qv in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
         qs_single[qk] = qv
         qs_multi.setdefault(qk, []).append(qv)
-    content_type = single.get("Content-Type", "").split(";")[0].strip().lower()
+    lower = {k.lower(): v for k, v in single.items()}
+    content_type = lower.get("content-type", "").split(";")[0].strip().lower()
     binary = any(_media_match(content_type, t) for t in binary_types)
     text: str | None = None
     if body and not binary:
@@ -168,7 +145,7 @@ def rest_event(
             "domainPrefix": "localhost",
             "requestTimeEpoch": int(now * 1000),
             "requestId": str(uuid.uuid4()),
-            "identity": {"sourceIp": source_ip, "userAgent": single.get("User-Agent")},
+            "identity": {"sourceIp": source_ip, "userAgent": lower.get("user-agent")},
             "domainName": "localhost",
             "apiId": "local",
         },
@@ -185,11 +162,9 @@ def _media_match(content_type: str, pattern: str) -> bool:
     return minor == "*" and content_type.startswith(f"{major}/")
 
 
-def _error(status: int, message: str, type_: str, code: str | None) -> tuple[int, list[
-    tuple[bytes, bytes]], bytes]:
-    body = json.dumps({"error": {"message": message, "type": type_, "param": None,
-                                 "code": code}}).encode()
-    return status, [(b"content-type", b"application/json")], body
+def event_size(event: Any) -> int:
+    """An invocation payload's size as Lambda counts it: the UTF-8 JSON document."""
+    return len(json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode())
 
 
 class Gateway:
@@ -198,10 +173,9 @@ class Gateway:
     def __init__(
         self,
         template: Template,
-        envs: Mapping[str, Mapping[str, str]],
+        functions: Mapping[str, Function],
         *,
         stage: str | None = None,
-        functions: Mapping[str, LocalFunction] | None = None,
     ) -> None:
         self.template = template
         self.routes = template.routes()
@@ -209,16 +183,11 @@ class Gateway:
         stage_name = api.get("StageName")
         self.stage = stage or (stage_name if isinstance(stage_name, str) else "prod")
         self.binary_types = tuple(str(t) for t in api.get("BinaryMediaTypes", []) or [])
-        self.functions: dict[str, LocalFunction] = dict(functions or {})
-        for fn in template.functions.values():
-            if fn.logical_id not in self.functions and fn.package_type == "Zip":
-                self.functions[fn.logical_id] = LocalFunction(fn, envs.get(fn.logical_id, {}))
+        self.functions: dict[str, Function] = dict(functions)
 
-    def load(self, names: list[str] | None = None) -> None:
-        """Import the functions that serve routes (all cold starts happen up front)."""
-        routed = {r.function for r in self.routes}
-        for name in names if names is not None else sorted(routed):
-            self.functions[name].load()
+    def close(self) -> None:
+        for function in self.functions.values():
+            function.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -228,13 +197,48 @@ class Gateway:
             return
         if scope["type"] != "http":
             return
-        status, headers, body = await self._handle(scope, receive)
+        result = await self._handle(scope, receive)
+        if isinstance(result, Reply):
+            headers = [*result.headers, (b"content-length", str(len(result.body)).encode())]
+            await send({"type": "http.response.start", "status": result.status,
+                        "headers": headers})
+            await send({"type": "http.response.body", "body": result.body})
+            return
+        status, headers, body = result
         await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+
+        async def relay() -> None:
+            try:
+                async for chunk in body:
+                    if chunk:
+                        await send({"type": "http.response.body", "body": chunk,
+                                    "more_body": True})
+            except FunctionError as exc:
+                # Too late for a status: the stream ends where the function stopped.
+                log.warning("stream ended by the function: %s", exc)
+            finally:
+                aclose = getattr(body, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+            await send({"type": "http.response.body", "body": b""})
+
+        async def hang_up() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        # A client that hangs up ends the relay: the function's connection is closed,
+        # as API Gateway closes it, and its server sees the disconnect.
+        streaming = asyncio.create_task(relay())
+        watching = asyncio.create_task(hang_up())
+        await asyncio.wait({streaming, watching}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (streaming, watching):
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await streaming
 
     async def _read(self, scope: Scope, receive: Receive) -> bytes | None:
         length = dict(scope.get("headers") or []).get(b"content-length", b"")
-        if length.isdigit() and int(length) > LAMBDA_PAYLOAD_LIMIT:
+        if length.isdigit() and int(length) > API_GATEWAY_PAYLOAD_LIMIT:
             return None
         chunks: list[bytes] = []
         size = 0
@@ -244,65 +248,92 @@ class Gateway:
                 break
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > LAMBDA_PAYLOAD_LIMIT:
+            if size > API_GATEWAY_PAYLOAD_LIMIT:
                 return None
             chunks.append(chunk)
             if not message.get("more_body"):
                 break
         return b"".join(chunks)
 
-    async def _handle(self, scope: Scope, receive: Receive) -> tuple[int, list[tuple[bytes, bytes]],
-                                                                      bytes]:
-        method, path = scope["method"], scope["path"]
+    def _headers(self, scope: Scope) -> list[tuple[str, str]]:
+        # The client's spelling where the server kept it (fnstack_dev.server), else ASGI's.
+        raw = scope.get("fnstack.raw_headers") or scope.get("headers") or []
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
+        names = {k.lower() for k, _ in headers}
+        client = scope.get("client") or ("127.0.0.1", 0)
+        server = scope.get("server") or ("127.0.0.1", 80)
+        if "x-forwarded-for" in names:
+            headers = [(k, f"{v}, {client[0]}" if k.lower() == "x-forwarded-for" else v)
+                       for k, v in headers]
+        else:
+            headers.append(("X-Forwarded-For", client[0]))
+        if "x-forwarded-proto" not in names:
+            headers.append(("X-Forwarded-Proto", scope.get("scheme", "http")))
+        if "x-forwarded-port" not in names:
+            headers.append(("X-Forwarded-Port", str(server[1])))
+        if "x-amzn-trace-id" not in names:
+            headers.append(("X-Amzn-Trace-Id", _trace_id()))
+        return headers
+
+    async def _handle(self, scope: Scope, receive: Receive) -> Reply | tuple[
+            int, Headers, AsyncIterator[bytes]]:
+        method = scope["method"]
+        raw_path = scope.get("raw_path")
+        path = raw_path.decode("latin-1") if raw_path else quote(scope["path"])
+        prefix = f"/{self.stage}"
+        if path == prefix or path.startswith(prefix + "/"):
+            path = path[len(prefix):] or "/"
         body = await self._read(scope, receive)
         if body is None:
-            return _error(413, f"request payload exceeds Lambda's limit of {LAMBDA_PAYLOAD_LIMIT}"
-                          " bytes; upload large files through the files API",
-                          "invalid_request_error", "payload_too_large")
+            return _apigw_error(413, "Request Too Long", "RequestTooLongException")
         if method == "POST" and path.startswith(_INVOKE_PREFIX) and path.endswith("/invocations"):
             return await self._lambda_invoke(path[len(_INVOKE_PREFIX):-len("/invocations")], body)
-        route, method_mismatch = match_route(self.routes, method, path)
+        route, params = match_route(self.routes, method, path)
         if route is None:
-            if method_mismatch:
-                return _error(405, f"method {method} not allowed on {path}",
-                              "invalid_request_error", "method_not_allowed")
-            return _error(404, f"no route for {method} {path} in {self.template.path.name}",
-                          "invalid_request_error", "not_found")
-        assert isinstance(method_mismatch, dict)
+            # API Gateway's answer to a path or method no resource has.
+            return _apigw_error(403, "Missing Authentication Token",
+                                "MissingAuthenticationTokenException")
+        assert isinstance(params, dict)
         client = scope.get("client") or ("127.0.0.1", 0)
+        headers = self._headers(scope)
         event = rest_event(
             method=method, path=path, query=scope.get("query_string", b""),
-            headers=list(scope.get("headers") or []), body=body, route=route,
-            params=method_mismatch, stage=self.stage, source_ip=client[0],
-            binary_types=self.binary_types,
+            headers=headers, body=body, route=route, params=params, stage=self.stage,
+            source_ip=client[0], binary_types=self.binary_types,
         )
-        if len(json.dumps(event)) > LAMBDA_PAYLOAD_LIMIT:
-            return _error(413, f"request payload exceeds Lambda's limit of {LAMBDA_PAYLOAD_LIMIT}"
-                          " bytes", "invalid_request_error", "payload_too_large")
+        if event_size(event) > LAMBDA_PAYLOAD_LIMIT:
+            return _apigw_error(413, "Request Too Long", "RequestTooLongException")
         function = self.functions[route.function]
+        deadline = time.monotonic() + route.timeout_ms / 1000
         try:
-            if route.streaming:
-                result = await function.ainvoke(event)
-            else:
-                result = await asyncio.wait_for(function.ainvoke(event), route.timeout_ms / 1000)
+            result = await asyncio.wait_for(function.invoke(event, http=True),
+                                            route.timeout_ms / 1000)
         except TimeoutError:
-            return _error(504, f"endpoint request timed out after {route.timeout_ms} ms "
-                          "(API Gateway integration timeout)", "api_error", "timeout")
-        except Exception as exc:
-            log.exception("function failed", extra={"function": route.function})
-            return _error(502, f"{route.function} failed: {type(exc).__name__}: {exc}",
-                          "api_error", "bad_gateway")
-        return self._response(route, result)
+            log.warning("%s: integration timeout after %d ms", route.function, route.timeout_ms)
+            return _apigw_error(504, "Endpoint request timed out",
+                                "IntegrationTimeoutException")
+        except FunctionError as exc:
+            log.error("%s failed: %s", route.function, json.dumps(exc.payload))
+            return _apigw_error(502, "Internal server error", "InternalServerErrorException")
+        if isinstance(result, Streamed):
+            return result.status, result.headers, _until(result.body, deadline)
+        accept = dict((k.lower(), v) for k, v in headers).get("accept", "")
+        return self._response(route, result.payload, accept)
 
-    def _response(self, route: Route, result: Any) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    def _response(self, route: Route, result: Any, accept: str) -> Reply:
         if not isinstance(result, dict) or "statusCode" not in result:
-            return _error(502, f"{route.function} returned no valid proxy response "
-                          "(statusCode, headers, body)", "api_error", "bad_gateway")
+            log.error("%s returned no valid proxy response (statusCode, headers, body)",
+                      route.function)
+            return _apigw_error(502, "Internal server error", "InternalServerErrorException")
+        if event_size(result) > LAMBDA_PAYLOAD_LIMIT:
+            log.error("%s's response exceeds Lambda's %d bytes", route.function,
+                      LAMBDA_PAYLOAD_LIMIT)
+            return _apigw_error(502, "Internal server error", "InternalServerErrorException")
         raw = result.get("body") or ""
-        body = base64.b64decode(raw) if result.get("isBase64Encoded") else str(raw).encode()
-        if not route.streaming and len(body) > LAMBDA_PAYLOAD_LIMIT:
-            return _error(502, f"{route.function}'s response exceeds {LAMBDA_PAYLOAD_LIMIT} "
-                          "bytes", "api_error", "response_too_large")
+        first_accept = accept.split(",")[0].split(";")[0].strip().lower()
+        decode = result.get("isBase64Encoded") and any(
+            _media_match(first_accept, t) for t in self.binary_types)
+        body = base64.b64decode(raw) if decode else str(raw).encode()
         headers: dict[str, list[str]] = {}
         for k, v in (result.get("headers") or {}).items():
             headers[k.lower()] = [str(v)]
@@ -310,26 +341,30 @@ class Gateway:
             headers[k.lower()] = [str(v) for v in vs]
         headers.pop("content-length", None)
         out = [(k.encode("latin-1"), v.encode("latin-1")) for k, vs in headers.items() for v in vs]
-        out.append((b"content-length", str(len(body)).encode()))
-        return int(result["statusCode"]), out, body
+        return Reply(int(result["statusCode"]), out, body)
 
-    async def _lambda_invoke(self, name: str, payload: bytes) -> tuple[
-            int, list[tuple[bytes, bytes]], bytes]:
+    async def _lambda_invoke(self, name: str, payload: bytes) -> Reply:
+        json_type = (b"content-type", b"application/json")
         function = self.functions.get(name)
         if function is None:
             body = json.dumps({"Type": "User", "message": f"Function not found: {name}"})
-            return 404, [(b"content-type", b"application/json"),
-                         (b"x-amzn-errortype", b"ResourceNotFoundException")], body.encode()
+            return Reply(404, [json_type, (b"x-amzn-errortype", b"ResourceNotFoundException")],
+                         body.encode())
         try:
-            event = json.loads(payload or b"{}")
-            result = await function.ainvoke(event)
-        except Exception as exc:
-            err = {"errorMessage": str(exc), "errorType": type(exc).__name__}
-            return 200, [(b"content-type", b"application/json"),
-                         (b"x-amz-function-error", b"Unhandled")], json.dumps(err).encode()
-        return 200, [(b"content-type", b"application/json")], json.dumps(result).encode()
+            result = await function.invoke(json.loads(payload or b"{}"))
+        except FunctionError as exc:
+            return Reply(200, [json_type, (b"x-amz-function-error", b"Unhandled")],
+                         json.dumps(exc.payload).encode())
+        except ValueError as exc:
+            body = json.dumps({"Type": "User", "message": f"Could not parse request body: {exc}"})
+            return Reply(400, [json_type, (b"x-amzn-errortype", b"InvalidRequestContentException")],
+                         body.encode())
+        if isinstance(result, Streamed):
+            chunks = [chunk async for chunk in result.body]
+            return Reply(200, [json_type], b"".join(chunks))
+        return Reply(200, [json_type], json.dumps(result.payload).encode())
 
-    # --- SQS event sources (emulated AWS only) ------------------------------------------
+    # --- event sources (emulated AWS only) -------------------------------------------------
 
     async def poll_sqs(self, sqs: Any, sources: list[tuple[str, str, int]]) -> None:
         """Deliver queue messages to functions as Lambda's event source mapping does."""
@@ -344,8 +379,9 @@ class Gateway:
                 if not messages:
                     continue
                 idle = False
-                arn = sqs.get_queue_attributes(
-                    QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+                arn = (await asyncio.to_thread(
+                    sqs.get_queue_attributes, QueueUrl=queue_url, AttributeNames=["QueueArn"]
+                ))["Attributes"]["QueueArn"]
                 records = [{
                     "messageId": m["MessageId"], "receiptHandle": m["ReceiptHandle"],
                     "body": m["Body"], "attributes": m.get("Attributes", {}),
@@ -353,15 +389,102 @@ class Gateway:
                     "eventSource": "aws:sqs", "eventSourceARN": arn, "awsRegion": "us-east-1",
                 } for m in messages]
                 try:
-                    result = await self.functions[function_name].ainvoke({"Records": records})
-                except Exception:
-                    log.exception("SQS delivery failed", extra={"function": function_name})
+                    result = await self.functions[function_name].invoke({"Records": records})
+                except FunctionError as exc:
+                    log.error("SQS delivery to %s failed: %s", function_name, exc)
                     continue
+                payload = result.payload if isinstance(result, Buffered) else None
                 failed = {f.get("itemIdentifier") for f in
-                          (result or {}).get("batchItemFailures", [])}
+                          (payload or {}).get("batchItemFailures", [])}
                 for m in messages:
                     if m["MessageId"] not in failed:
                         await asyncio.to_thread(sqs.delete_message, QueueUrl=queue_url,
                                                 ReceiptHandle=m["ReceiptHandle"])
             if idle:
                 await asyncio.sleep(1.0)
+
+    async def poll_s3(self, s3: Any, sources: list[S3Source], interval: float = 1.0) -> None:
+        """Deliver s3:ObjectCreated notifications for new objects (ListObjectsV2 polling:
+        moto cannot call a local function). Objects there at start are not announced."""
+        seen: dict[tuple[str, str], str] = {}
+        first = True
+        while True:
+            for source in sources:
+                try:
+                    objects = await asyncio.to_thread(_list_objects, s3, source.bucket,
+                                                      source.prefix)
+                except Exception as exc:
+                    log.warning("S3 poll of %s failed: %s", source.bucket, exc)
+                    continue
+                fresh = []
+                for obj in objects:
+                    key = (source.bucket, obj["Key"])
+                    if seen.get(key) != obj["ETag"]:
+                        seen[key] = obj["ETag"]
+                        if not first and obj["Key"].endswith(source.suffix):
+                            fresh.append(obj)
+                for obj in fresh:
+                    event = s3_event(source.bucket, obj["Key"], int(obj.get("Size", 0)),
+                                     obj["ETag"])
+                    try:
+                        await self.functions[source.function].invoke(event)
+                    except FunctionError as exc:
+                        log.error("S3 notification to %s failed: %s", source.function, exc)
+            first = False
+            await asyncio.sleep(interval)
+
+
+@dataclass(frozen=True)
+class S3Source:
+    function: str
+    bucket: str
+    prefix: str = ""
+    suffix: str = ""
+
+
+def _list_objects(s3: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        out.extend(page.get("Contents", []))
+    return out
+
+
+def s3_event(bucket: str, key: str, size: int, etag: str) -> dict[str, Any]:
+    """The s3:ObjectCreated:Put notification S3 sends to Lambda (keys URL-encoded)."""
+    return {"Records": [{
+        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
+        "eventTime": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+        "eventName": "ObjectCreated:Put",
+        "userIdentity": {"principalId": "AWS:LOCAL"},
+        "requestParameters": {"sourceIPAddress": "127.0.0.1"},
+        "responseElements": {"x-amz-request-id": uuid.uuid4().hex[:16].upper()},
+        "s3": {
+            "s3SchemaVersion": "1.0", "configurationId": "fnstack-local",
+            "bucket": {"name": bucket, "ownerIdentity": {"principalId": "LOCAL"},
+                       "arn": f"arn:aws:s3:::{bucket}"},
+            "object": {"key": quote(key, safe="/").replace("%20", "+"), "size": size,
+                       "eTag": etag.strip('"'), "sequencer": f"{time.time_ns():X}"},
+        },
+    }]}
+
+
+async def _until(body: AsyncIterator[bytes], deadline: float) -> AsyncIterator[bytes]:
+    """A streamed body, cut at the route's integration timeout."""
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.warning("stream cut at the integration timeout")
+                return
+            try:
+                chunk = await asyncio.wait_for(anext(body), left)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                log.warning("stream cut at the integration timeout")
+                return
+            yield chunk
+    finally:
+        aclose = getattr(body, "aclose", None)
+        if aclose is not None:
+            await aclose()

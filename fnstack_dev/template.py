@@ -102,6 +102,9 @@ class FunctionDef:
     environment: dict[str, Any]  # Globals merged, intrinsics unresolved
     routes: list[Route] = field(default_factory=list)
     events: dict[str, Any] = field(default_factory=dict)
+    entry: str = ""  # the Handler property as deployed: a Python handler or a script
+    layers: list[Any] = field(default_factory=list)  # intrinsics unresolved
+    reserved_concurrency: int | None = None
 
 
 class Resolver:
@@ -331,6 +334,10 @@ class Template:
             environment=env,
             routes=routes,
             events=events,
+            entry=str(props.get("Handler") or ""),
+            layers=list(props.get("Layers") or []),
+            reserved_concurrency=(int(props["ReservedConcurrentExecutions"])
+                                  if "ReservedConcurrentExecutions" in props else None),
         )
 
 
@@ -350,6 +357,7 @@ def load_template(path: str | Path = "template.yaml") -> Template:
 
 
 def _match_path(route: Route, path: str) -> dict[str, str] | None:
+    # ``path`` as sent (percent-encoded): each parameter is decoded exactly once.
     parts = [s for s in path.split("/") if s]
     params: dict[str, str] = {}
     segs = route.segments
@@ -358,13 +366,13 @@ def _match_path(route: Route, path: str) -> dict[str, str] | None:
             rest = parts[i:]
             if not rest:
                 return None
-            params[seg[1:-2]] = "/".join(rest)
+            params[seg[1:-2]] = unquote("/".join(rest))
             return params
         if i >= len(parts):
             return None
         if seg.startswith("{") and seg.endswith("}"):
             params[seg[1:-1]] = unquote(parts[i])
-        elif seg != parts[i]:
+        elif seg != unquote(parts[i]):
             return None
     return params if len(parts) == len(segs) else None
 

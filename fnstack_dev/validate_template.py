@@ -75,7 +75,7 @@ def translate(
                 props[key] = f"s3://placeholder-bucket/{name}.zip"
     try:
         result: dict[str, Any] = transform(
-            sam, parameters or {}, _StubPolicies()  # type: ignore[arg-type]
+            sam, parameters or {}, _StubPolicies()
         )
     finally:
         if saved is None:
