@@ -8,7 +8,9 @@ What uvicorn does not do by itself, and this module adds:
   Past either, the client gets 408 (or, mid-response, a closed connection). Idle
   keep-alive connections close after ``server.idle_timeout_s``; one client address
   holds at most ``server.max_connections_per_client`` connections.
-- **Shutdown** (`Server.shutdown`, `ShutdownGuard`): on SIGTERM/SIGINT the listener
+- **Abandoned requests** (`RequestGuard`): a client that hangs up stops the work of
+  its request, buffered or streamed.
+- **Shutdown** (`Server.shutdown`, `RequestGuard`): on SIGTERM/SIGINT the listener
   closes, in-flight requests get ``server.shutdown_grace_s`` to finish; those still
   running then end cleanly (503 in OpenAI's error shape, or an error event on a stream
   already under way) instead of uvicorn's bare 500; then the app's lifespan flushes
@@ -41,7 +43,7 @@ from fnstack.logs import JsonFormatter
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["ShutdownGuard", "StartupError", "bind", "serve"]
+__all__ = ["RequestGuard", "StartupError", "bind", "serve"]
 
 log = logging.getLogger("fnstack.server")
 
@@ -207,14 +209,19 @@ def guarded_protocol(cfg: ServerConfig) -> type[asyncio.Protocol]:
 # --- shutdown -----------------------------------------------------------------------------
 
 
-class ShutdownGuard:
-    """Pure ASGI middleware: tracks in-flight requests; ``expire()`` ends them cleanly.
+class RequestGuard:
+    """Pure ASGI middleware: stops the work of requests nobody will read.
 
-    A request still running when the grace period is over is cancelled here, by this
-    middleware, which then answers it itself: 503 ``server_shutting_down`` if nothing
-    was sent yet; on an event stream, a final ``data: {"error": ...}`` event; else the
-    body is just ended. uvicorn's own cancellation would answer a bare 500 and print
-    a traceback instead.
+    - **Client gone**: once the app has the whole request body, a watcher waits for
+      the client to disconnect; if it does before the answer is complete, the request's
+      task is cancelled, so a buffered request stops as a stream does (providers stop
+      at their next await: an upstream call, a batch). Nothing is answered: nobody
+      is there.
+    - **Shutdown**: ``expire()`` cancels every request still running when the grace
+      period is over, and this middleware then answers it itself: 503
+      ``server_shutting_down`` if nothing was sent yet; on an event stream, a final
+      ``data: {"error": ...}`` event; else the body is just ended. uvicorn's own
+      cancellation would answer a bare 500 and print a traceback instead.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -234,7 +241,8 @@ class ShutdownGuard:
             return
         task = asyncio.current_task()
         assert task is not None
-        state = {"started": False, "sse": False, "done": False}
+        state = {"started": False, "sse": False, "done": False, "gone": False}
+        watcher: asyncio.Task[None] | None = None
 
         async def tracking_send(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -245,17 +253,41 @@ class ShutdownGuard:
                 state["done"] = True
             await send(message)
 
+        async def watch() -> None:
+            # Started only once the app has the whole body: from then on, receive()
+            # has nothing for anyone but the disconnect (or the end of the response).
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not state["done"]:
+                state["gone"] = True
+                task.cancel()
+
+        async def tracking_receive() -> Message:
+            nonlocal watcher
+            message = await receive()
+            if watcher is None and (
+                message["type"] == "http.disconnect" or not message.get("more_body")
+            ):
+                watcher = asyncio.create_task(watch())
+            return message
+
         self.inflight.add(task)
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, tracking_receive, tracking_send)
         except asyncio.CancelledError:
-            if not self.expired:
+            if state["gone"]:
+                task.uncancel()
+                log.info("client went away: request stopped", extra={"path": scope.get("path")})
+            elif self.expired:
+                task.uncancel()
+                if not state["done"]:
+                    await self._end(send, started=state["started"], sse=state["sse"])
+            else:
                 raise
-            task.uncancel()
-            if not state["done"]:
-                await self._end(send, started=state["started"], sse=state["sse"])
         finally:
             self.inflight.discard(task)
+            if watcher is not None and not watcher.done():
+                watcher.cancel()
 
     @staticmethod
     async def _end(send: Send, *, started: bool, sse: bool) -> None:
@@ -306,7 +338,7 @@ def _make_server_class() -> type[Any]:
     import uvicorn
 
     class Server(uvicorn.Server):
-        guard: ShutdownGuard
+        guard: RequestGuard
         grace_s: float
         on_ready: Callable[[], Any] | None = None
 
@@ -368,7 +400,7 @@ def serve(config: RunConfig, *, host: str, port: int, warmup: bool = True) -> No
     sock = bind(host, port)  # before anything slow: a busy port fails now
     server_cfg = config.server
     app = create_app(config, warmup=warmup)
-    guard = ShutdownGuard(app)
+    guard = RequestGuard(app)
     allowed = server_cfg.allowed_hosts
     outer: ASGIApp = HostGuard(guard, allowed if allowed is not None
                                else default_allowed_hosts(host))

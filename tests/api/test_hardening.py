@@ -196,6 +196,22 @@ def test_idle_keep_alive_connection_is_closed(served: FnstackServer) -> None:
     assert time.monotonic() - start < 3  # idle_timeout_s: 1
 
 
+# --- abandoned requests -------------------------------------------------------------------
+
+
+def test_a_client_that_hangs_up_stops_its_buffered_request(
+    served: FnstackServer, fake: FakeOpenAI
+) -> None:
+    fake.reset()
+    fake.script("/v1/chat/completions", Reply(json=chat_json("late"), delay=30.0))
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{served.base_url}/chat/completions",
+                   json={"model": MODEL, "messages": HI}, timeout=1.0)
+    upstream = next(r for r in fake.requests if r.path.endswith("/chat/completions"))
+    # fnstack dropped its upstream call instead of waiting 30 s for an answer nobody reads.
+    assert upstream.disconnected.wait(timeout=5)
+
+
 # --- Host header --------------------------------------------------------------------------
 
 
