@@ -698,4 +698,5 @@ spec = ProviderSpec(
     factory=create,
     description="Sentence embeddings (all-MiniLM-L6-v2 by default) with onnxruntime, in-process.",
     extras=("models",),
+    hooks=("warmup",),
 )

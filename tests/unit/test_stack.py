@@ -162,3 +162,13 @@ def test_every_registered_service_names_itself() -> None:
     for name, spec in specs.items():
         assert spec.name == name
         assert spec.router is not None
+
+
+def test_model_providers_declare_their_warmup_hook() -> None:
+    # `fnstack run` loads models at start only through declared hooks.
+    from fnstack.spec import load_spec
+
+    for provider_type in ("inline::reference", "inline::onnx-embeddings"):
+        spec = load_spec(provider_type)
+        assert "warmup" in spec.hooks, provider_type
+        assert callable(getattr(spec.factory, "__call__", None))
