@@ -59,6 +59,10 @@ class KVDynamoDBConfig(_Strict):
     table: str = Field(min_length=3)
     region: str | None = None
     endpoint_url: str | None = None
+    # Partitions each namespace's records are spread over (see kv_dynamodb); changing
+    # it moves where records are looked up, so set it before storing data. 1: pk =
+    # namespace, the layout before sharding.
+    shards: int = Field(default=16, ge=1, le=1024)
 
     _empty = field_validator("region", "endpoint_url", mode="before")(_empty_is_none)
 

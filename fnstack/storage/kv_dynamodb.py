@@ -2,7 +2,9 @@
 
 Item layout (template.yaml defines exactly these keys and the index)::
 
-    pk      S  namespace                          table partition key
+    pk      S  f"{namespace}#{shard}"             table partition key; shard =
+                                                  crc32(key) % shards (default 16;
+                                                  shards: 1 -> pk = namespace)
     sk      S  record key                         table sort key
     v       S  value, JSON
     ver     N  version
@@ -12,6 +14,13 @@ Item layout (template.yaml defines exactly these keys and the index)::
     ttl     N  ceil(exp)                          only with a TTL; DynamoDB's TTL attribute
     gsi1pk  S  f"{namespace}#{principal}"         GSI `by_owner` (projection ALL),
     gsi1sk  S  record key                         for owner-filtered listings
+
+Sharding: with pk = namespace every write of a namespace (every stored chat completion)
+would land on one partition, and one partition takes at most ~1,000 writes/s. The
+shard suffix spreads them over ``shards`` partitions; get/put/delete still address one
+item (one request), owner-filtered listings still read one GSI partition
+(``gsi1pk`` has no shard), and an unfiltered listing queries every shard concurrently
+and merges them by key (`_merge_shards`).
 
 DynamoDB's TTL sweeper deletes days late, so ``exp`` alone decides whether a record is
 live: the base filters every read and the write conditions treat an expired item as
@@ -57,8 +66,11 @@ Each retry means another writer's request succeeded, so the loop ends; it gives 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import zlib
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
@@ -111,6 +123,7 @@ class DynamoDBKVStore(KVStore):
     def __init__(self, config: KVDynamoDBConfig, namespace: str) -> None:
         super().__init__(namespace)
         self.table = config.table
+        self.shards = config.shards
         self._resource = f"DynamoDB table {config.table!r}"
         self._client = shared_client(
             "dynamodb",
@@ -318,12 +331,61 @@ class DynamoDBKVStore(KVStore):
     async def _scan(
         self, prefix: str, start_after: str | None, order: Order, limit: int, owner: str | None
     ) -> list[RawRecord]:
-        # Owner-filtered listings read the GSI (eventually consistent: GSIs cannot read
-        # strongly); the rest read the table itself, strongly consistent.
+        if owner is not None or self.shards == 1:
+            # Owner-filtered listings read the GSI (eventually consistent: GSIs cannot
+            # read strongly): one partition per owner, whatever the shard count.
+            pk = f"{self.namespace}#{owner}" if owner is not None else self.namespace
+            return await self._query(pk, prefix, start_after, order, limit, owner)
+        return await self._merge_shards(prefix, start_after, order, limit)
+
+    async def _merge_shards(
+        self, prefix: str, start_after: str | None, order: Order, limit: int
+    ) -> list[RawRecord]:
+        """The first ``limit`` records of all shards in key order: a k-way merge.
+
+        Each shard is a key-ordered run. Every shard is read a short page at a time
+        (about its share of ``limit``), all pending pages in one concurrent round, and
+        a record is taken only while every unfinished shard has one buffered, so the
+        smallest buffered head is the next record overall. Evenly spread keys need one
+        round of ``shards`` small queries, reading little more than ``limit`` items.
+        """
+        pks = [f"{self.namespace}#{n}" for n in range(self.shards)]
+        page = max(4, -(-limit // self.shards) + 2)
+        buffers: list[deque[RawRecord]] = [deque() for _ in pks]
+        after: list[str | None] = [start_after] * len(pks)
+        done = [False] * len(pks)
+        pick = min if order == "asc" else max
+        out: list[RawRecord] = []
+        while len(out) < limit:
+            empty = [i for i, buf in enumerate(buffers) if not buf and not done[i]]
+            if empty:
+                pages = await asyncio.gather(
+                    *(self._query(pks[i], prefix, after[i], order, page, None) for i in empty)
+                )
+                for i, got in zip(empty, pages, strict=True):
+                    buffers[i].extend(got)
+                    done[i] = len(got) < page
+                    if got:
+                        after[i] = got[-1].key
+            ready = [i for i, buf in enumerate(buffers) if buf]
+            if not ready:
+                break
+            out.append(buffers[pick(ready, key=lambda i: buffers[i][0].key)].popleft())
+        return out
+
+    async def _query(
+        self,
+        pk_value: str,
+        prefix: str,
+        start_after: str | None,
+        order: Order,
+        limit: int,
+        owner: str | None,
+    ) -> list[RawRecord]:
+        """Up to ``limit`` records of one partition (of the table, or of the owner index
+        when ``owner`` is given) in sort-key order, strongly consistent on the table."""
         pk, sk = ("gsi1pk", "gsi1sk") if owner is not None else ("pk", "sk")
-        values: dict[str, UniversalAttributeValueTypeDef] = {
-            ":pk": {"S": f"{self.namespace}#{owner}" if owner is not None else self.namespace}
-        }
+        values: dict[str, UniversalAttributeValueTypeDef] = {":pk": {"S": pk_value}}
         bounds = _sort_condition(sk, prefix, start_after, order)
         if bounds is None:
             return []
@@ -369,7 +431,14 @@ class DynamoDBKVStore(KVStore):
     # --- items -----------------------------------------------------------------------
 
     def _key(self, key: str) -> dict[str, UniversalAttributeValueTypeDef]:
-        return {"pk": {"S": self.namespace}, "sk": {"S": key}}
+        return {"pk": {"S": self.partition(key)}, "sk": {"S": key}}
+
+    def partition(self, key: str) -> str:
+        """The table partition key of ``key``: its namespace and shard."""
+        if self.shards == 1:
+            return self.namespace
+        # crc32: stable across processes and Python versions, unlike hash().
+        return f"{self.namespace}#{zlib.crc32(key.encode()) % self.shards}"
 
     def _item(self, raw: RawRecord) -> dict[str, UniversalAttributeValueTypeDef]:
         item: dict[str, UniversalAttributeValueTypeDef] = {

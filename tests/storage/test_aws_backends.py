@@ -8,6 +8,7 @@ import math
 import os
 import socket
 import uuid
+import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,10 +23,16 @@ from tests.storage.conftest import BUCKET, TABLE
 from tests.support.aws import REGION, MotoServer, client
 
 
-def _kv(server: MotoServer, namespace: str, table: str = TABLE) -> DynamoDBKVStore:
+def _kv(
+    server: MotoServer, namespace: str, table: str = TABLE, shards: int = 16
+) -> DynamoDBKVStore:
     store = open_kv(
         KVDynamoDBConfig(
-            type="kv_dynamodb", table=table, region=REGION, endpoint_url=server.endpoint
+            type="kv_dynamodb",
+            table=table,
+            region=REGION,
+            endpoint_url=server.endpoint,
+            shards=shards,
         ),
         namespace,
     )
@@ -58,9 +65,12 @@ def _error(code: str, status: int, message: str = "boom") -> ClientError:
 async def test_item_layout(moto: MotoServer) -> None:
     """The attributes template.yaml's table and index rely on."""
     ns = f"ns-{uuid.uuid4().hex}"
-    rec = await _kv(moto, ns).put("k", {"a": 1}, owner=Owner("alice", {"r": ["x"]}), ttl=100)
+    store = _kv(moto, ns)
+    rec = await store.put("k", {"a": 1}, owner=Owner("alice", {"r": ["x"]}), ttl=100)
+    shard = zlib.crc32(b"k") % 16
+    assert store.partition("k") == f"{ns}#{shard}"
     item = client("dynamodb", moto.endpoint).get_item(
-        TableName=TABLE, Key={"pk": {"S": ns}, "sk": {"S": "k"}}
+        TableName=TABLE, Key={"pk": {"S": f"{ns}#{shard}"}, "sk": {"S": "k"}}
     )["Item"]
     assert rec.expires_at is not None
     assert item["v"] == {"S": '{"a":1}'}
@@ -71,6 +81,56 @@ async def test_item_layout(moto: MotoServer) -> None:
     assert item["ttl"] == {"N": str(math.ceil(rec.expires_at))}
     assert item["gsi1pk"] == {"S": f"{ns}#alice"}
     assert item["gsi1sk"] == {"S": "k"}
+
+
+async def test_counter_item_layout(moto: MotoServer) -> None:
+    """Counters are top-level numbers (ADD works on nothing else), without `v`."""
+    ns = f"ns-{uuid.uuid4().hex}"
+    store = _kv(moto, ns)
+    await store.incr("c", {"requests": 2, "tokens": 7}, ttl=60, owner=Owner("bob"))
+    item = client("dynamodb", moto.endpoint).get_item(
+        TableName=TABLE, Key={"pk": {"S": store.partition("c")}, "sk": {"S": "c"}}
+    )["Item"]
+    assert "v" not in item
+    assert (item["n_requests"], item["n_tokens"]) == ({"N": "2"}, {"N": "7"})
+    assert (item["ver"], item["own"], item["gsi1pk"]) == (
+        {"N": "1"}, {"S": "bob"}, {"S": f"{ns}#bob"}
+    )
+    assert "exp" in item and "ttl" in item
+
+
+async def test_shards_spread_one_namespace(moto: MotoServer) -> None:
+    ns = f"ns-{uuid.uuid4().hex}"
+    store = _kv(moto, ns)
+    keys = [f"chatcmpl-{i:04d}" for i in range(64)]
+    for key in keys:
+        await store.put(key, {}, owner=Owner("alice"))
+    ddb = client("dynamodb", moto.endpoint)
+    counts = [
+        ddb.query(
+            TableName=TABLE,
+            KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues={":pk": {"S": f"{ns}#{n}"}},
+        )["Count"]
+        for n in range(16)
+    ]
+    assert sum(counts) == 64 and max(counts) <= 12 and sum(c > 0 for c in counts) >= 12
+    # Listings merge the shards back into key order, filtered or not.
+    assert [r.key for r in (await store.list(limit=1000)).records] == keys
+    assert [r.key for r in (await store.list(limit=5, order="desc")).records] == keys[::-1][:5]
+    assert [r.key for r in (await store.list(owner="alice", limit=1000)).records] == keys
+
+
+async def test_one_shard_is_the_unsharded_layout(moto: MotoServer) -> None:
+    ns = f"ns-{uuid.uuid4().hex}"
+    store = _kv(moto, ns, shards=1)
+    await store.put("k", {"a": 1})
+    assert store.partition("k") == ns
+    item = client("dynamodb", moto.endpoint).get_item(
+        TableName=TABLE, Key={"pk": {"S": ns}, "sk": {"S": "k"}}
+    )
+    assert "Item" in item
+    assert [r.key for r in (await store.list()).records] == ["k"]
 
 
 async def test_owner_index_key_is_not_ambiguous(moto: MotoServer) -> None:
