@@ -33,7 +33,13 @@ def default_allowed_hosts(bind_host: str) -> list[str]:
     names = list(LOOPBACK_NAMES)
     if bind_host in _WILDCARD_BINDS:
         # Bound to every interface: clients come by this machine's name or address.
-        names += [socket.gethostname(), socket.getfqdn()]
+        hostname = socket.gethostname()
+        names += [hostname, socket.getfqdn()]
+        try:
+            addresses = {str(info[4][0]) for info in socket.getaddrinfo(hostname, None)}
+        except OSError:
+            addresses = set()
+        names += [f"[{a}]" if ":" in a else a for a in sorted(addresses)]
     else:
         names.append(f"[{bind_host}]" if ":" in bind_host else bind_host)
     return list(dict.fromkeys(n.lower() for n in names if n))

@@ -273,7 +273,9 @@ def can_export() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in ("torch", "onnx"))
 
 
-def ensure_graph(path: Path, model_dir: Path, *, int8: bool = False) -> Path:
+def ensure_graph(
+    path: Path, model_dir: Path, *, int8: bool = False, model_id: str | None = None
+) -> Path:
     """Return ``path``, exporting the graph there first if it is missing.
 
     Two processes starting together (two workers, two test runs) take a file lock, so
@@ -295,10 +297,10 @@ def ensure_graph(path: Path, model_dir: Path, *, int8: bool = False) -> Path:
             from providers.inference.onnx_export import export_onnx, export_stages
 
             with step(
-                f"exporting {model_dir.name} to ONNX for inline::onnx-embeddings (once; "
-                f"cached in {path.parent})",
+                f"exporting {model_id or model_dir.name} to ONNX (once; cached in "
+                f"{path.parent})",
                 total=export_stages(int8=int8),
-                expect="about a minute",
+                expect="up to a minute",
             ) as progress:
                 export_onnx(path, model_dir, int8=int8, progress=progress)
     return path
@@ -469,7 +471,9 @@ class OnnxEmbeddingsProvider:
         self._admission = _Admission(config.max_pending_requests, config.max_pending_tokens)
 
     def _load(self) -> _Runtime:
-        graph = ensure_graph(self.graph_path, self.model_dir, int8=self.config.int8)
+        graph = ensure_graph(
+            self.graph_path, self.model_dir, int8=self.config.int8, model_id=self.model_id
+        )
         return _Runtime(graph, self.model_dir, self.info, self.config)
 
     async def _get_runtime(self) -> _Runtime:

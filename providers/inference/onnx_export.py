@@ -409,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     options = {"optimize": not args.no_optimize, "int8": args.int8,
                "fp16_weights": not args.fp32_weights}
     with step(f"exporting {model_dir.name} to ONNX", total=export_stages(**options),
-              expect="about a minute") as progress:
+              expect="up to a minute") as progress:
         path = export_onnx(out, model_dir, progress=progress, **options)
     print(path)
     return 0

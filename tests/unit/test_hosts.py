@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import httpx
 import pytest
 from starlette.applications import Starlette
@@ -41,6 +43,9 @@ def test_default_names() -> None:
     assert default_allowed_hosts("127.0.0.1") == ["127.0.0.1", "localhost", "[::1]"]
     assert "api.lan" in default_allowed_hosts("api.lan")
     assert "[fe80::1]" in default_allowed_hosts("fe80::1")
+    # Bound to every interface: the machine's own name is allowed, 0.0.0.0 is no name.
+    wildcard = default_allowed_hosts("0.0.0.0")
+    assert socket.gethostname().lower() in wildcard and "0.0.0.0" not in wildcard
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1:8321", "localhost:8321", "[::1]:8321", "localhost"])
