@@ -506,3 +506,33 @@ def test_sqlite_race_across_connections(tmp_path: Path) -> None:
         assert sorted(outcomes) == ["lost"] * 5 + ["won"]
     for store in stores:
         store._db._conn.close()
+
+
+def test_sqlite_incr_across_connections(tmp_path: Path) -> None:
+    """Threads with their own connections (as processes would have) count exactly."""
+    path = tmp_path / "kv.db"
+    stores = [SqliteKVStore(path, "ns") for _ in range(4)]
+    for store in stores:
+        store._db.release()
+        store._db = SqliteDatabase(path)
+    barrier = threading.Barrier(len(stores))
+    admitted: list[int] = []
+
+    def counter(store: SqliteKVStore) -> None:
+        async def count() -> None:
+            barrier.wait()
+            for _ in range(10):
+                got = await store.incr("c", {"n": 1}, limits={"n": 25})
+                if got is not None:
+                    admitted.append(got["n"])
+
+        asyncio.run(count())
+
+    threads = [threading.Thread(target=counter, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(admitted) == list(range(1, 26))
+    for store in stores:
+        store._db._conn.close()
