@@ -45,6 +45,7 @@ from fnstack.storage.base import Owner
 __all__ = [
     "ACTIONS",
     "DEFAULT_POLICY",
+    "DEFAULT_POLICY_AUTH_OFF",
     "AccessPolicy",
     "AccessRule",
     "Action",

@@ -177,17 +177,19 @@ class Quotas:
         refused = [c for c, counts in zip(counters, results, strict=True) if counts is None]
         if not refused:
             return
-        # Give back what the other rules counted: this request is not served.
+        # Give back what the other rules counted: this request is not served. A failed
+        # give-back costs the caller one request of that quota, never the 429.
         counted = [c for c, counts in zip(counters, results, strict=True) if counts is not None]
-        await asyncio.gather(*(self._uncount(c) for c in counted))
+        await asyncio.gather(*(self._uncount(c) for c in counted), return_exceptions=True)
         raise await self._refusal(refused[0], now)
 
     async def check_tokens(self, user: Owner) -> None:
         """RateLimitError (429) when a token budget of ``user`` is used up in the current
         window. Reads only; `check_request` already makes this check."""
         now = self._clock()
-        for counter in self._counters(self._token_rules, user, now):
-            record = await self.store.get(counter.key)
+        counters = self._counters(self._token_rules, user, now)
+        records = await asyncio.gather(*(self.store.get(c.key) for c in counters))
+        for counter, record in zip(counters, records, strict=True):
             if record is not None and self._tokens_spent(counter.rule, record.value):
                 raise self._tokens_error(counter, now)
 
