@@ -62,9 +62,9 @@ def bind(host: str, port: int) -> socket.socket:
     after loading models; uvicorn starts listening on it once the app is ready.
     """
     try:
-        family, kind, proto, _, addr = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        # "localhost" may resolve to ::1 first; clients mostly try 127.0.0.1.
+        family, kind, proto, _, addr = sorted(infos, key=lambda i: i[0] != socket.AF_INET)[0]
     except socket.gaierror as exc:
         raise StartupError(f"cannot listen on {host!r}: {exc.strerror}; check --host") from None
     sock = socket.socket(family, kind, proto)
@@ -436,17 +436,21 @@ async def _announce(app: ASGIApp, host: str, port: int) -> None:
     import httpx
 
     models: list[str] | None = None
+    locked = False
     try:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             r = await client.get("/v1/models", timeout=30)
         if r.status_code == 200:
             models = [m["id"] for m in r.json().get("data", [])]
+        locked = r.status_code in (401, 403)
     except Exception as exc:  # the line must print whatever the registry says
         log.warning("could not list models for the start-up message", extra={"error": str(exc)})
     lines = [f"fnstack listening on {url(host, port)}"]
     if models is not None:
         lines.append(f"  models: {', '.join(models) if models else '(none configured)'}")
+    elif locked:
+        lines.append("  models: authentication is on; list them with an API key")
     lines.append(f"  try:    curl {url(host, port)}/v1/models   (Ctrl-C stops)")
     print("\n".join(lines), flush=True)
     log.info("listening", extra={"url": url(host, port), "models": models})
