@@ -233,6 +233,7 @@ class AccessRule(BaseModel):
 
 
 def _compile_pattern(text: str) -> Callable[[str], bool]:
+    """``text`` with "*" wildcards as the cheapest test that does the job."""
     if "*" not in text:
         return text.__eq__
     if text == "*":
@@ -250,7 +251,6 @@ class _Compiled:
     principal: str | None
     actions: frozenset[str]
     kind: Callable[[str], bool] | None  # None: any type
-    kind_text: str | None
     ident: Callable[[str], bool] | None  # None: any identifier
     when: tuple[_Condition, ...]
     unless: tuple[_Condition, ...]
@@ -258,7 +258,7 @@ class _Compiled:
     @classmethod
     def of(cls, rule: AccessRule) -> _Compiled:
         scope = rule.scope
-        kind = kind_text = ident = None
+        kind = ident = None
         if scope.resource is not None:
             kind_text, _, ident_text = scope.resource.partition("::")
             kind = None if kind_text == "*" else _compile_pattern(kind_text)
@@ -268,7 +268,6 @@ class _Compiled:
             principal=scope.principal,
             actions=frozenset(scope.actions),
             kind=kind,
-            kind_text=kind_text,
             ident=ident,
             when=tuple(map(parse_condition, _conditions(rule.when))),
             unless=tuple(map(parse_condition, _conditions(rule.unless))),
