@@ -56,7 +56,8 @@ check_conflicts() {
 # cmake/ninja print "[n/N]" (or make's "[ NN%]") for each file compiled: a line per 10%.
 build_progress() {
   local t0=$1 last=-1 pct line
-  local ninja_re='^\[([0-9]+)/([0-9]+)\]' make_re='^\[ *([0-9]+)%\]'
+  # (pip -v indents its subprocesses' lines)
+  local ninja_re='^[[:space:]]*\[([0-9]+)/([0-9]+)\]' make_re='^[[:space:]]*\[ *([0-9]+)%\]'
   while IFS= read -r line; do
     if [[ $line =~ $ninja_re ]]; then
       pct=$(( BASH_REMATCH[1] * 100 / BASH_REMATCH[2] ))

@@ -27,7 +27,8 @@ def bash(
 
 
 def test_build_progress_prints_a_line_per_ten_percent() -> None:
-    lines = [f"[{i}/200] /usr/bin/c++ -O3 -c file{i}.cpp" for i in range(1, 201)]
+    # As pip -v shows them: indented.
+    lines = [f"  [{i}/200] /usr/bin/c++ -O3 -c file{i}.cpp" for i in range(1, 201)]
     out = bash("build_progress $SECONDS", stdin="\n".join(["-- configuring", *lines]) + "\n")
     assert out.returncode == 0, out.stderr
     shown = [line for line in out.stderr.splitlines() if "llama.cpp build" in line]
