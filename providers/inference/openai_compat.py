@@ -119,7 +119,8 @@ class OpenAICompatConfig(BaseModel):
         url = httpx.URL(value)
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError(
-                f"base_url must be an http(s) URL like http://host:8000/v1, got {scrub_url(value)!r}"
+                "base_url must be an http(s) URL like http://host:8000/v1, "
+                f"got {scrub_url(value)!r}"
             )
         return value.rstrip("/")
 

