@@ -213,7 +213,7 @@ class RequestGuard:
     """Pure ASGI middleware: stops the work of requests nobody will read.
 
     - **Client gone**: once the app has the whole request body, a watcher waits for
-      the client to disconnect; if it does before the answer is complete, the request's
+      the client to disconnect; if it does before the answer has started, the request's
       task is cancelled, so a buffered request stops as a stream does (providers stop
       at their next await: an upstream call, a batch). Nothing is answered: nobody
       is there.
@@ -258,7 +258,9 @@ class RequestGuard:
             # has nothing for anyone but the disconnect (or the end of the response).
             while (await receive())["type"] != "http.disconnect":
                 pass
-            if not state["done"]:
+            # Only before the answer starts: a stream notices the hang-up itself
+            # (Starlette stops it) and may still have cleanup to await.
+            if not state["started"]:
                 state["gone"] = True
                 task.cancel()
 
