@@ -5,7 +5,8 @@ with SnapStart the snapshot, between invocations)::
 
     handler = lambda_handler(create_app(load_config(...), apis=[...], lifespan=False))
 
-The handler looks at the event first: SQS and S3 records go to their record handlers,
+The handler looks at the event first: SQS and S3 records (S3 notifications, or S3's
+"Object Created" events through EventBridge) go to their record handlers,
 API Gateway events (REST v1, HTTP v2, function URLs) to Mangum. Mangum runs with
 ``lifespan="off"``: it would otherwise run the app's start-up and shutdown on every
 invocation; the stack starts lazily on the first request instead, on the event loop
@@ -17,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Coroutine
+import os
+from collections.abc import Callable, Coroutine, MutableMapping
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import unquote_plus
+from urllib.parse import quote_plus, unquote_plus
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
@@ -34,6 +36,7 @@ __all__ = [
     "batch_worker",
     "event_kind",
     "lambda_handler",
+    "load_secrets",
 ]
 
 log = logging.getLogger("fnstack.lambda")
@@ -53,6 +56,8 @@ def event_kind(event: Any) -> EventKind:
         return "unknown"
     if "requestContext" in event and ("httpMethod" in event or "version" in event):
         return "http"
+    if event.get("source") == "aws.s3" and event.get("detail-type") == "Object Created":
+        return "s3"
     records = event.get("Records")
     if isinstance(records, list) and records and isinstance(records[0], dict):
         source = records[0].get("eventSource") or records[0].get("EventSource")
@@ -81,7 +86,7 @@ def lambda_handler(
         if kind == "sqs" and sqs is not None:
             return sqs(event["Records"], context)
         if kind == "s3" and s3 is not None:
-            return s3(event["Records"], context)
+            return s3(event.get("Records") or _eventbridge_records(event), context)
         if kind == "http" and adapter is not None:
             return adapter(event, context)
         handles = [k for k, h in (("http", adapter), ("sqs", sqs), ("s3", s3)) if h is not None]
@@ -91,6 +96,41 @@ def lambda_handler(
         )
 
     return handler
+
+
+def _eventbridge_records(event: dict[str, Any]) -> list[dict[str, Any]]:
+    """S3's EventBridge "Object Created" event as the notification record it stands for
+    (keys URL-encoded as notifications have them)."""
+    detail = event.get("detail") or {}
+    key = str((detail.get("object") or {}).get("key", ""))
+    return [{"eventSource": "aws:s3", "eventName": "ObjectCreated:" + str(
+        detail.get("reason", "PutObject")), "s3": {
+        "bucket": {"name": (detail.get("bucket") or {}).get("name", "")},
+        "object": {"key": quote_plus(key, safe="/"),
+                   "size": (detail.get("object") or {}).get("size", 0)}}}]
+
+
+def load_secrets(environ: MutableMapping[str, str] | None = None) -> list[str]:
+    """Secrets into the environment, once, at cold start (call it at module scope).
+
+    For every ``<NAME>_SECRET_ARN`` variable that names a Secrets Manager secret, its
+    secret string becomes ``<NAME>`` (unless ``<NAME>`` is set already, as in local
+    runs). The secret never sits in the function's configuration, and only functions
+    given such a variable (and the permission) read one. Returns the names set.
+    """
+    env = os.environ if environ is None else environ
+    wanted = {key[: -len("_SECRET_ARN")]: arn for key, arn in env.items()
+              if key.endswith("_SECRET_ARN") and arn}
+    wanted = {name: arn for name, arn in wanted.items() if not env.get(name)}
+    if not wanted:
+        return []
+    import boto3
+
+    client = boto3.client("secretsmanager",
+                          endpoint_url=env.get("FNSTACK_AWS_ENDPOINT_URL") or None)
+    for name, arn in wanted.items():
+        env[name] = client.get_secret_value(SecretId=arn)["SecretString"]
+    return sorted(wanted)
 
 
 # --- the batch worker -------------------------------------------------------------------

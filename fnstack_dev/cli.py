@@ -311,19 +311,31 @@ def _sqs_sources(template: Template, refs: dict[str, str]) -> list[tuple[str, st
 
 
 def _s3_sources(template: Template, refs: dict[str, str]) -> list[Any]:
+    """S3 object-created sources: `Type: S3` events (bucket notifications) and
+    `Type: EventBridgeRule` events matching S3's "Object Created" in a bucket."""
     from fnstack_dev.gateway import S3Source
 
     out = []
     for fn in template.functions.values():
         for event in fn.events.values():
-            if event.get("Type") != "S3":
-                continue
             props = event.get("Properties", {})
-            logical = _logical(props.get("Bucket"))
-            if logical not in refs:
-                continue
-            rules = props.get("Filter", {}).get("S3Key", {}).get("Rules", [])
-            named = {str(r.get("Name", "")).lower(): str(r.get("Value", "")) for r in rules}
-            out.append(S3Source(fn.logical_id, refs[logical], named.get("prefix", ""),
-                                named.get("suffix", "")))
+            if event.get("Type") == "S3":
+                logical = _logical(props.get("Bucket"))
+                rules = props.get("Filter", {}).get("S3Key", {}).get("Rules", [])
+                named = {str(r.get("Name", "")).lower(): str(r.get("Value", "")) for r in rules}
+                if logical in refs:
+                    out.append(S3Source(fn.logical_id, refs[logical], named.get("prefix", ""),
+                                        named.get("suffix", "")))
+            elif event.get("Type") == "EventBridgeRule":
+                pattern = props.get("Pattern", {})
+                if "aws.s3" not in pattern.get("source", []):
+                    continue
+                detail = pattern.get("detail", {})
+                for bucket in detail.get("bucket", {}).get("name", []):
+                    logical = _logical(bucket)
+                    keys = detail.get("object", {}).get("key", [{}])
+                    prefix = next((k.get("prefix", "") for k in keys if isinstance(k, dict)), "")
+                    if logical in refs:
+                        out.append(S3Source(fn.logical_id, refs[logical], prefix,
+                                            eventbridge=True))
     return out

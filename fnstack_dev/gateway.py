@@ -424,8 +424,9 @@ class Gateway:
                         if not first and obj["Key"].endswith(source.suffix):
                             fresh.append(obj)
                 for obj in fresh:
-                    event = s3_event(source.bucket, obj["Key"], int(obj.get("Size", 0)),
-                                     obj["ETag"])
+                    maker = eventbridge_s3_event if source.eventbridge else s3_event
+                    event = maker(source.bucket, obj["Key"], int(obj.get("Size", 0)),
+                                  obj["ETag"])
                     try:
                         await self.functions[source.function].invoke(event)
                     except FunctionError as exc:
@@ -440,6 +441,7 @@ class S3Source:
     bucket: str
     prefix: str = ""
     suffix: str = ""
+    eventbridge: bool = False  # S3 -> EventBridge -> rule, rather than a notification
 
 
 def _list_objects(s3: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:
@@ -466,6 +468,21 @@ def s3_event(bucket: str, key: str, size: int, etag: str) -> dict[str, Any]:
                        "eTag": etag.strip('"'), "sequencer": f"{time.time_ns():X}"},
         },
     }]}
+
+
+def eventbridge_s3_event(bucket: str, key: str, size: int, etag: str) -> dict[str, Any]:
+    """S3's "Object Created" event as EventBridge delivers it to a rule's target."""
+    return {
+        "version": "0", "id": str(uuid.uuid4()), "detail-type": "Object Created",
+        "source": "aws.s3", "account": "123456789012",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "region": "us-east-1",
+        "resources": [f"arn:aws:s3:::{bucket}"],
+        "detail": {"version": "0", "bucket": {"name": bucket},
+                   "object": {"key": key, "size": size, "etag": etag.strip('"'),
+                              "sequencer": f"{time.time_ns():X}"},
+                   "request-id": uuid.uuid4().hex[:16].upper(), "requester": "123456789012",
+                   "source-ip-address": "127.0.0.1", "reason": "PutObject"},
+    }
 
 
 async def _until(body: AsyncIterator[bytes], deadline: float) -> AsyncIterator[bytes]:

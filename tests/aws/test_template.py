@@ -3,6 +3,7 @@ app's, and emulated resources identical to what the template declares."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -139,7 +140,7 @@ def test_function_environment_points_at_the_resources(template: Template) -> Non
     env = template.environment("ModelsFunction", Resolver(template))
     assert env["FNSTACK_CONFIG"] == "aws"
     assert env["FNSTACK_TABLE"] == "fnstack-Table"
-    assert env["FNSTACK_BUCKET"] == "fnstack-123456789012-us-east-1-data"
+    assert env["FNSTACK_BUCKET"] == "fnstack-bucket"
     assert env["FNSTACK_QUEUE_URL"].endswith("/123456789012/fnstack-BatchQueue")
 
 
@@ -175,3 +176,119 @@ def test_emulated_resources_match_the_template(template: Template) -> None:
         dlq_arn = aws.attrs[("BatchDeadLetterQueue", "Arn")]
         assert '"deadLetterTargetArn": "' + dlq_arn in attrs["RedrivePolicy"].replace(
             '":"', '": "')
+
+
+# --- issue 11: what an audit of the template found --------------------------------------
+
+
+def _cfn(**params: str) -> dict[str, Any]:
+    cfn = validate_template.translate(TEMPLATE, params)
+    assert validate_template.errors(validate_template.lint(cfn)) == []
+    return cfn
+
+
+def _function(cfn: dict[str, Any], name: str) -> tuple[dict[str, Any], str]:
+    """A function's properties and its role's policies as JSON text."""
+    props = cfn["Resources"][name]["Properties"]
+    role = cfn["Resources"].get(f"{name}Role", {})
+    return props, json.dumps(role.get("Properties", {}).get("Policies", []))
+
+
+HTTP_FUNCTIONS = ("AdminFunction", "ModelsFunction", "InferenceFunction")
+
+
+def test_streaming_routes_may_stream_for_fifteen_minutes() -> None:
+    # Defect 2: RESPONSE_STREAM alone keeps the 29 s integration timeout.
+    paths = next(r for r in _cfn()["Resources"].values()
+                 if r["Type"] == "AWS::ApiGateway::RestApi")["Properties"]["Body"]["paths"]
+    streamed = 0
+    for methods in paths.values():
+        for spec in methods.values():
+            integration = spec["x-amazon-apigateway-integration"]
+            if integration.get("responseTransferMode") == "STREAM":
+                streamed += 1
+                assert integration["timeoutInMillis"] == 900_000
+    assert streamed == 4
+
+
+def test_the_bucket_is_named_by_cloudformation() -> None:
+    # Defect 5: a fixed name collides with a retained bucket after `sam delete` and
+    # limits stack names; the S3 trigger goes through EventBridge, so there is no cycle.
+    cfn = _cfn()
+    bucket = cfn["Resources"]["Bucket"]["Properties"]
+    assert "BucketName" not in bucket
+    assert bucket["NotificationConfiguration"] == {
+        "EventBridgeConfiguration": {"EventBridgeEnabled": True}}
+    rules = [r["Properties"] for r in cfn["Resources"].values() if r["Type"] == "AWS::Events::Rule"]
+    (rule,) = rules
+    assert rule["EventPattern"]["source"] == ["aws.s3"]
+    assert rule["EventPattern"]["detail"]["bucket"]["name"] == [{"Ref": "Bucket"}]
+    assert rule["EventPattern"]["detail"]["object"]["key"] == [{"prefix": "inbox/"}]
+    assert "BatchWorkerFunction" in json.dumps(rule["Targets"])
+
+
+def test_bedrock_inference_profiles_and_listing_are_allowed() -> None:
+    # Defect 6: cross-region profile ids (us./eu./global.) and /v1/models' listing.
+    _, policies = _function(_cfn(BedrockRegion="eu-west-1"), "InferenceFunction")
+    for resource in ("bedrock:*::foundation-model/*",
+                     "bedrock:${BedrockRegion}:${AWS::AccountId}:inference-profile/*",
+                     "bedrock:${BedrockRegion}:${AWS::AccountId}:application-inference-profile/*"):
+        assert resource in policies
+    for action in ("bedrock:ListFoundationModels", "bedrock:ListInferenceProfiles"):
+        assert action in policies
+
+
+def test_secrets_stay_out_of_the_environment() -> None:
+    # Defect 8: the OpenAI key is read from Secrets Manager at cold start, by the
+    # functions that call the upstream, never set in clear in any environment.
+    arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:openai-AbCdEf"
+    cfn = _cfn(OpenAIApiKeySecretArn=arn)
+    assert not any(p.get("NoEcho") for p in cfn.get("Parameters", {}).values())
+    for name in ("AdminFunction", "ModelsFunction", "InferenceFunction", "BatchWorkerFunction"):
+        props, policies = _function(cfn, name)
+        env = props["Environment"]["Variables"]
+        assert "FNSTACK_OPENAI_API_KEY" not in env
+        needs = name != "AdminFunction"
+        assert ("FNSTACK_OPENAI_API_KEY_SECRET_ARN" in env) is needs, name
+        assert ("secretsmanager:GetSecretValue" in policies) is needs, name
+
+
+def test_auth_parameters_reach_the_functions() -> None:
+    cfn = _cfn(AuthMode="jwt", AdminKeySsmParameter="/fnstack/admin-key")
+    for name in (*HTTP_FUNCTIONS, "BatchWorkerFunction"):
+        props, policies = _function(cfn, name)
+        env = props["Environment"]["Variables"]
+        assert env["FNSTACK_AUTH"] == {"Ref": "AuthMode"}
+        http = name in HTTP_FUNCTIONS
+        assert ("FNSTACK_ADMIN_KEY_SSM" in env) is http, name
+        assert ("ssm:GetParameter" in policies) is http, name
+        if http:
+            assert "parameter${AdminKeySsmParameter}" in policies
+            assert "kms:ViaService" in policies and "kms:Decrypt" in policies
+    assert cfn["Parameters"]["AuthMode"]["AllowedValues"] == ["api_keys", "jwt", "authorizer",
+                                                               "none"]
+
+
+def test_load_secrets_reads_secrets_manager() -> None:
+    from fnstack.lambda_runtime import load_secrets
+
+    with aws_support.MotoServer() as moto:
+        sm = aws_support.client("secretsmanager", moto.endpoint)
+        arn = sm.create_secret(Name="openai", SecretString="sk-test")["ARN"]
+        env = {"FNSTACK_OPENAI_API_KEY_SECRET_ARN": arn, "FNSTACK_AWS_ENDPOINT_URL": moto.endpoint,
+               **aws_support.FAKE_ENV}
+        import os
+        saved = {k: os.environ.get(k) for k in aws_support.FAKE_ENV}
+        os.environ.update(aws_support.FAKE_ENV)
+        try:
+            assert load_secrets(env) == ["FNSTACK_OPENAI_API_KEY"]
+            assert env["FNSTACK_OPENAI_API_KEY"] == "sk-test"
+            # Set already (a local run): left alone, nothing read.
+            assert load_secrets(env) == []
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    assert load_secrets({"FNSTACK_OPENAI_API_KEY_SECRET_ARN": ""}) == []
