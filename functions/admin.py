@@ -1,4 +1,4 @@
-"""AdminFunction: health, version, inspect, providers; the 404 for unknown routes."""
+"""AdminFunction: health, version, inspect, providers, API keys; the 404 for unknown routes."""
 
 import os
 
@@ -9,6 +9,7 @@ from fnstack.spec import Api
 
 load_secrets()  # the API keys of upstreams, from Secrets Manager, at cold start
 app = create_app(
-    load_config(os.environ["FNSTACK_CONFIG"]), apis=[Api.providers, Api.inspect], lifespan=False
+    load_config(os.environ["FNSTACK_CONFIG"]), apis=[Api.providers, Api.inspect, Api.keys],
+    lifespan=False,
 )
 handler = lambda_handler(app)
