@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -79,7 +80,9 @@ def create_app(
 
     # Outermost first: request id, then authentication (an unauthenticated caller
     # never makes the server read its body), then the body limit.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=config.server.max_body_bytes)
+    streamed = tuple(p for spec in stack.routed for p in spec.streamed_bodies)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.server.max_body_bytes,
+                       streamed=streamed)
     _install_auth(app, config, stack)
     app.add_middleware(RequestIdMiddleware)
     return app
@@ -267,12 +270,22 @@ class QuotaMiddleware:
 class BodyLimitMiddleware:
     """413 for bodies over the limit, by Content-Length or by counting a chunked body."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, streamed: tuple[str, ...] = ()) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        # Routes that stream their body and check their own limit (uploads): neither
+        # buffered here nor held to the server-wide limit. Patterns as routes write
+        # them: a ``{name}`` matches one path segment.
+        self.streamed = (
+            re.compile("|".join(
+                re.sub(r"\\\{[^/]*?\\\}", "[^/]+", re.escape(p)) for p in streamed
+            )) if streamed else None
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (
+            self.streamed is not None and self.streamed.fullmatch(scope["path"])
+        ):
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])

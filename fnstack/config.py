@@ -129,6 +129,20 @@ class InferenceStoreConfig(_Strict):
     store_by_default: bool = True
 
 
+class FilesConfig(_Strict):
+    """Limits of the files and uploads APIs (413 past them)."""
+
+    # One POST /v1/files body. On AWS every request passes through a function (6 MB).
+    max_file_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    # A file assembled through the Uploads API (OpenAI: 8 GB).
+    max_upload_bytes: int = Field(default=8 * 1024**3, ge=1)
+    # One part of an upload (OpenAI: 64 MB). On AWS keep it under Lambda's 6 MB payload
+    # after base64 (API Gateway sends multipart bodies base64-encoded): about 4 MB.
+    max_part_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    # An upload not completed this long after its creation expires (OpenAI: an hour).
+    upload_ttl_s: int = Field(default=3600, ge=1)
+
+
 class LoggingConfig(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -144,6 +158,7 @@ class RunConfig(_Strict):
     registry: RegistryConfig = RegistryConfig()
     queues: dict[str, QueueConfig] = {}
     inference_store: InferenceStoreConfig = InferenceStoreConfig()
+    files: FilesConfig = FilesConfig()
     logging: LoggingConfig = LoggingConfig()
     # Permit/forbid rules, first match wins (fnstack/access.py); None: the default policy.
     access_policy: list[AccessRule] | None = None

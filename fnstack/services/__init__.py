@@ -104,6 +104,9 @@ class ServiceSpec:
     provider_api: Api | None = None
     provider_protocol: type | None = None
     description: str = ""
+    # Path prefixes whose routes read their body as a stream and enforce their own size
+    # limit (file uploads): the server-wide ``server.max_body_bytes`` does not apply.
+    streamed_bodies: tuple[str, ...] = ()
 
 
 @cache
