@@ -8,6 +8,7 @@ over real sockets: raw ones where the point is a client that misbehaves.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -210,6 +211,75 @@ def test_a_client_that_hangs_up_stops_its_buffered_request(
     upstream = next(r for r in fake.requests if r.path.endswith("/chat/completions"))
     # fnstack dropped its upstream call instead of waiting 30 s for an answer nobody reads.
     assert upstream.disconnected.wait(timeout=5)
+
+
+EMBED_CONFIG = """\
+version: 1
+providers:
+  inference:
+    - provider_id: onnx
+      provider_type: inline::onnx-embeddings
+      config: {{intra_op_threads: 1, max_pending_requests: 1}}
+storage:
+  backends:
+    kv: {{type: kv_sqlite, db_path: {tmp}/kv.db}}
+  stores:
+    registry: {{backend: kv, namespace: registry}}
+    inference: {{backend: kv, namespace: chat_completions}}
+cache_dir: {cache}
+"""
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.slow
+def test_abandoned_embedding_request_stops_and_others_get_429(tmp_path: Path) -> None:
+    from providers.inference.onnx_embeddings import default_cache_dir
+
+    config = tmp_path / "embed.yaml"
+    config.write_text(EMBED_CONFIG.format(tmp=tmp_path, cache=default_cache_dir()))
+    text = "serverless functions scale to zero and start cold " * 4
+    big = {"model": "all-MiniLM-L6-v2", "input": [text] * 2048}  # ~80k tokens of work
+    small = {"model": "all-MiniLM-L6-v2", "input": "hi"}
+    outcome: list[Any] = []
+
+    def abandon() -> None:
+        try:
+            r = httpx.post(f"{fn.base_url}/embeddings", json=big, timeout=4.0)
+            outcome.append(r.status_code)
+        except httpx.ReadTimeout:
+            outcome.append("gave up")
+
+    with FnstackServer(["run", str(config)], log_path=tmp_path / "server.log") as fn:
+        assert fn.proc is not None
+        client = threading.Thread(target=abandon)
+        client.start()
+        # While the big request is admitted (max_pending_requests: 1), others get 429.
+        refused = None
+        deadline = time.monotonic() + 4.0
+        while refused is None and time.monotonic() < deadline:
+            r = httpx.post(f"{fn.base_url}/embeddings", json=small, timeout=30)
+            if r.status_code == 429:
+                refused = r
+            else:
+                assert r.status_code == 200, r.text
+                time.sleep(0.05)
+        assert refused is not None, "no 429 while a big request held the provider"
+        assert int(refused.headers["retry-after"]) >= 1
+        assert refused.json()["error"]["code"] == "server_busy"
+        client.join()
+        assert outcome == ["gave up"]
+        time.sleep(1.0)  # the batch under way when the client left
+        before = _cpu_seconds(fn.proc.pid)
+        time.sleep(3.0)
+        busy = _cpu_seconds(fn.proc.pid) - before
+        # The rest of the 2048 inputs would keep a core busy for many seconds more.
+        assert busy < 0.5, f"fnstack used {busy:.2f} CPU s after its client had gone"
+        assert httpx.post(f"{fn.base_url}/embeddings", json=small, timeout=30).status_code == 200
+    assert "client went away" in (tmp_path / "server.log").read_text()
 
 
 # --- Host header --------------------------------------------------------------------------
