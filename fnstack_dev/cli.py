@@ -28,7 +28,9 @@ import click
 
 from fnstack_dev.template import Resolver, Template, TemplateError, load_template
 
-__all__ = ["function_env", "gateway", "invoke"]
+__all__ = ["EMULATOR_ADMIN_KEY", "function_env", "gateway", "invoke"]
+
+EMULATOR_ADMIN_KEY = "fnstack-emulator-admin-key"
 
 # What the calling shell may hand a function that runs against real AWS.
 _AWS_SHELL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
@@ -91,7 +93,9 @@ def _aws(template: Template, emulate: bool, data_dir: Path | None
         _fail(f"--emulate-aws needs moto[server] and boto3: pip install 'fnstack[dev]' ({exc})")
         raise
     with EmulatedAws(template, data_dir=data_dir) as aws:
-        yield aws.resolver(), aws.env, aws
+        # The bootstrap admin key of an emulated deployment (in place of the SSM
+        # parameter): the sample events in events/ carry it. --env overrides it.
+        yield aws.resolver(), {**aws.env, "FNSTACK_ADMIN_KEY": EMULATOR_ADMIN_KEY}, aws
 
 
 def function_env(template: Template, name: str, resolver: Resolver, extra: Mapping[str, str],
@@ -197,13 +201,11 @@ def invoke(function_id: str, event_path: str, template_path: str, build_dir: str
         http = "httpMethod" in event and "requestContext" in event
 
         async def call() -> Any:
+            from fnstack_dev.gateway import proxy_response
+
             result = await function.invoke(event, http=http)
             if isinstance(result, Streamed):
-                # What the Web Adapter streamed, gathered as a buffered proxy response.
-                body = b"".join([chunk async for chunk in result.body])
-                headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in result.headers}
-                return {"statusCode": result.status, "headers": headers,
-                        "body": body.decode("utf-8", "replace"), "isBase64Encoded": False}
+                return await proxy_response(result)
             return result.payload
 
         try:

@@ -351,7 +351,9 @@ class Gateway:
             return Reply(404, [json_type, (b"x-amzn-errortype", b"ResourceNotFoundException")],
                          body.encode())
         try:
-            result = await function.invoke(json.loads(payload or b"{}"))
+            event = json.loads(payload or b"{}")
+            http = isinstance(event, dict) and "httpMethod" in event and "requestContext" in event
+            result = await function.invoke(event, http=http)
         except FunctionError as exc:
             return Reply(200, [json_type, (b"x-amz-function-error", b"Unhandled")],
                          json.dumps(exc.payload).encode())
@@ -360,8 +362,7 @@ class Gateway:
             return Reply(400, [json_type, (b"x-amzn-errortype", b"InvalidRequestContentException")],
                          body.encode())
         if isinstance(result, Streamed):
-            chunks = [chunk async for chunk in result.body]
-            return Reply(200, [json_type], b"".join(chunks))
+            return Reply(200, [json_type], json.dumps(await proxy_response(result)).encode())
         return Reply(200, [json_type], json.dumps(result.payload).encode())
 
     # --- event sources (emulated AWS only) -------------------------------------------------
@@ -468,6 +469,19 @@ def s3_event(bucket: str, key: str, size: int, etag: str) -> dict[str, Any]:
                        "eTag": etag.strip('"'), "sequencer": f"{time.time_ns():X}"},
         },
     }]}
+
+
+async def proxy_response(result: Streamed) -> dict[str, Any]:
+    """A Web Adapter function's streamed answer, gathered as a buffered proxy response
+    (what the function answers a direct Invoke with)."""
+    body = b"".join([chunk async for chunk in result.body])
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in result.headers}
+    try:
+        return {"statusCode": result.status, "headers": headers, "body": body.decode(),
+                "isBase64Encoded": False}
+    except UnicodeDecodeError:
+        return {"statusCode": result.status, "headers": headers,
+                "body": base64.b64encode(body).decode(), "isBase64Encoded": True}
 
 
 def eventbridge_s3_event(bucket: str, key: str, size: int, etag: str) -> dict[str, Any]:

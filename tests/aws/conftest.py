@@ -43,3 +43,15 @@ def glue_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("config") / "aws-glue.yaml"
     path.write_text(MINIMAL_AWS_CONFIG)
     return path
+
+
+@pytest.fixture(scope="session")
+def built_bundle() -> Path:
+    """.aws-sam/build with the working tree's own code (`bash .ci/serverless.sh` made it)."""
+    from fnstack_dev.bundle import refresh_code
+    from tests.support.gateway import BUILD_DIR
+
+    if not (BUILD_DIR / "template.yaml").is_file():
+        pytest.fail(f"no built bundle in {BUILD_DIR}: run `bash .ci/serverless.sh` first")
+    refresh_code(ROOT, BUILD_DIR)
+    return BUILD_DIR

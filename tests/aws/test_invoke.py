@@ -1,104 +1,84 @@
-"""`fnstack invoke`: each sample event through its function, as `sam local invoke` would."""
+"""`fnstack invoke`: one event through one function of the built bundle, as Lambda would."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.aws.conftest import EVENTS, ROOT
 
 
-def invoke(function: str, event: str, config: Path, *extra: str) -> subprocess.CompletedProcess[
-    str
-]:
+def invoke(function: str, event: str, *extra: str, env: dict[str, str] | None = None
+           ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "fnstack.cli", "invoke", function, "--event", str(EVENTS / event),
-         "--env", f"FNSTACK_CONFIG={config}", *extra],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+         *extra],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+        env={**os.environ, **(env or {})},
     )
 
 
 def response(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 0, proc.stderr[-3000:]
     out: dict[str, Any] = json.loads(proc.stdout)
     return out
 
 
-CASES = [
-    ("AdminFunction", "api-health.json", 200, {"status": "OK"}),
-    ("AdminFunction", "api-providers.json", 200, {"object": "list", "data": []}),
-    ("AdminFunction", "api-provider-missing.json", 404, "invalid_request_error"),
-    ("AdminFunction", "api-not-found.json", 404, "not_found"),
-]
-
-
-@pytest.mark.parametrize(("function", "event", "status", "expect"), CASES)
-def test_api_events(function: str, event: str, status: int, expect: Any, glue_config: Path) -> None:
-    out = response(invoke(function, event, glue_config))
-    assert out["statusCode"] == status
-    body = json.loads(out["body"])
-    if isinstance(expect, dict):
-        assert body == expect
-    else:
-        assert set(body) == {"error"}
-        assert expect in (body["error"]["type"], body["error"]["code"])
-    assert out["headers"]["content-type"] == "application/json"
-
-
-def test_version_event(glue_config: Path) -> None:
-    from fnstack import __version__
-
-    out = response(invoke("AdminFunction", "api-version.json", glue_config))
-    assert json.loads(out["body"]) == {"version": __version__}
-
-
-def test_models_events_on_emulated_dynamodb(glue_config: Path) -> None:
-    out = response(invoke("ModelsFunction", "api-models-list.json", glue_config, "--emulate-aws"))
+def test_health_event_on_the_built_bundle(built_bundle: Path) -> None:
+    proc = invoke("AdminFunction", "api-health.json", "--emulate-aws")
+    out = response(proc)
     assert out["statusCode"] == 200
-    assert json.loads(out["body"]) == {"object": "list", "data": []}
-    out = response(invoke("ModelsFunction", "api-models-get.json", glue_config, "--emulate-aws"))
-    assert out["statusCode"] == 404
-    error = json.loads(out["body"])["error"]
-    # The whole greedy path parameter reached the app as the model id.
-    assert "meta-llama/Llama-3.2-1B-Instruct" in error["message"]
-    assert error["code"] == "model_not_found"
+    assert json.loads(out["body"]) == {"status": "OK"}
+    # Lambda's REPORT line, with the cold start's init duration.
+    report = next(line for line in proc.stderr.splitlines() if line.startswith("REPORT"))
+    assert "Function: AdminFunction" in report and "Init Duration" in report
 
 
-def test_sqs_event_reaches_the_worker(glue_config: Path) -> None:
-    records = json.loads((EVENTS / "sqs-batch.json").read_text())["Records"]
-    out = response(invoke("BatchWorkerFunction", "sqs-batch.json", glue_config))
-    # Batches are not implemented yet: every message is reported failed (so SQS keeps it
-    # and finally dead-letters it), none is acknowledged and lost.
-    assert out == {"batchItemFailures": [{"itemIdentifier": r["messageId"]} for r in records]}
+def test_without_emulation_or_region_it_fails_fast(tmp_path: Path) -> None:
+    # Defect 9: it used to answer 500 "internal error" with exit status 0.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(HOME=str(tmp_path), AWS_CONFIG_FILE=str(tmp_path / "none"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "fnstack.cli", "invoke", "ModelsFunction", "--event",
+         str(EVENTS / "api-models-list.json")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, env=env,
+    )
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert "no AWS region" in proc.stderr and "--emulate-aws" in proc.stderr
 
 
-def test_s3_event_reaches_the_worker(glue_config: Path) -> None:
-    proc = invoke("BatchWorkerFunction", "s3-inbox-object-created.json", glue_config)
-    assert response(proc) == {"started": [], "skipped": ["inbox/my batch input.jsonl"]}
-    assert "batches API not implemented yet" in proc.stderr
+def test_the_s3_inbox_event_reaches_the_worker(built_bundle: Path) -> None:
+    for event in ("eventbridge-s3-object-created.json", "s3-inbox-object-created.json"):
+        out = response(invoke("BatchWorkerFunction", event, "--emulate-aws"))
+        assert "inbox/my batch input.jsonl" in out.get("started", []) + out.get("skipped", [])
 
 
-def test_an_api_event_to_the_worker_is_refused(glue_config: Path) -> None:
-    proc = invoke("BatchWorkerFunction", "api-health.json", glue_config)
+def test_an_api_event_to_the_worker_is_a_function_error(built_bundle: Path) -> None:
+    proc = invoke("BatchWorkerFunction", "api-health.json", "--emulate-aws")
     assert proc.returncode == 1
     err = json.loads(proc.stdout)
     assert err["errorType"] == "UnsupportedEventError"
     assert "handles sqs, s3 events" in err["errorMessage"]
 
 
-def test_unknown_function_is_an_error(glue_config: Path) -> None:
-    proc = invoke("NoSuchFunction", "api-health.json", glue_config)
+def test_from_source_mode(glue_config: Path) -> None:
+    out = response(invoke("AdminFunction", "api-version.json", "--from-source", "--emulate-aws",
+                          "--env", f"FNSTACK_CONFIG={glue_config}"))
+    from fnstack import __version__
+
+    assert json.loads(out["body"]) == {"version": __version__}
+
+
+def test_unknown_function_and_event_file_are_errors(built_bundle: Path) -> None:
+    proc = invoke("NoSuchFunction", "api-health.json")
     assert proc.returncode == 2
     assert "defines no function 'NoSuchFunction'" in proc.stderr
     assert "AdminFunction" in proc.stderr
-
-
-def test_unknown_event_file_is_an_error(glue_config: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "fnstack.cli", "invoke", "AdminFunction", "--event", "nope.json"],
         cwd=ROOT, capture_output=True, text=True, timeout=60,

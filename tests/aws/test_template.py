@@ -23,6 +23,7 @@ FUNCTION_APIS = {
     "AdminFunction": [Api.providers, Api.inspect],
     "ModelsFunction": [Api.models],
     "InferenceFunction": [Api.inference],
+    "FilesFunction": [Api.files],
 }
 CORE_ROUTES_FUNCTION = "AdminFunction"  # /v1/health and /v1/version live in every app
 CATCH_ALL = "/{proxy+}"
@@ -194,7 +195,7 @@ def _function(cfn: dict[str, Any], name: str) -> tuple[dict[str, Any], str]:
     return props, json.dumps(role.get("Properties", {}).get("Policies", []))
 
 
-HTTP_FUNCTIONS = ("AdminFunction", "ModelsFunction", "InferenceFunction")
+HTTP_FUNCTIONS = ("AdminFunction", "ModelsFunction", "InferenceFunction", "FilesFunction")
 
 
 def test_streaming_routes_may_stream_for_fifteen_minutes() -> None:
