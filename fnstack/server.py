@@ -27,6 +27,7 @@ import contextlib
 import errno
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -41,6 +42,8 @@ from fnstack.hosts import HostGuard, default_allowed_hosts
 from fnstack.logs import JsonFormatter
 
 if TYPE_CHECKING:
+    from types import FrameType
+
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["RequestGuard", "StartupError", "bind", "serve"]
@@ -369,6 +372,15 @@ def _make_server_class() -> type[Any]:
                 connection.transport.close()
             await self.lifespan.shutdown()  # providers close, stored writes are flushed
             log.info("stopped", extra={"seconds": round(time.monotonic() - started, 2)})
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if not self.started:
+                # Still loading models (a first run exports and caches them for a
+                # minute), which cannot be interrupted, and nothing is served or stored
+                # yet: leave now rather than when loading is over.
+                log.warning("stopped during start-up", extra={"signal": signal.Signals(sig).name})
+                os._exit(128 + sig)
+            super().handle_exit(sig, frame)
 
         @contextlib.contextmanager
         def capture_signals(self) -> Generator[None, None, None]:

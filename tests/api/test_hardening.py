@@ -415,3 +415,34 @@ def test_sigterm_finishes_or_cleanly_ends_in_flight_requests(
         stored = httpx.get(f"{again.base_url}/chat/completions").json()["data"]
     contents = [c["choices"][0]["message"]["content"] for c in stored]
     assert contents.count("quick") == 2, contents
+
+
+@pytest.mark.slow
+def test_sigterm_while_models_load_exits_at_once(tmp_path: Path) -> None:
+    # An empty cache: the embedding model is exported to ONNX at start (seconds to a
+    # minute), which no signal can interrupt; the process leaves without waiting for it.
+    config = tmp_path / "embed.yaml"
+    config.write_text(EMBED_CONFIG.format(tmp=tmp_path, cache=tmp_path / "empty-cache"))
+    log_path = tmp_path / "server.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fnstack.cli", "run", str(config), "--port", str(free_port())],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "provider ready" not in log_path.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log_path.read_text()
+            time.sleep(0.1)
+        time.sleep(0.5)
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+        assert time.monotonic() - start < 3
+        assert code == 128 + signal.SIGTERM
+        assert "stopped during start-up" in log_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
