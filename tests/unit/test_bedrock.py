@@ -352,6 +352,27 @@ async def test_stream_tool_calls(fake: FakeBedrock, provider: BedrockProvider) -
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
 
 
+async def test_stream_relays_tool_call_deltas_as_they_arrive(
+    fake: FakeBedrock, provider: BedrockProvider
+) -> None:
+    fake.script(Answer(text="", stop_reason="tool_use", event_delay=0.3, tool_uses=[
+        ToolUse("a", "get_weather", {"city": "Paris", "unit": "celsius"})]))
+    result = await provider.chat_completion(chat(tools=TOOLS, stream=True))
+    assert not isinstance(result, ChatCompletion)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    async for chunk in result:
+        calls = chunk.choices[0].delta.tool_calls if chunk.choices else None
+        if calls:
+            # The call's id and name, relayed before the rest of the stream has come.
+            assert calls[0].id == "a" and calls[0].function and calls[0].function.name
+            assert loop.time() - start < 1.5
+            break
+    else:
+        pytest.fail("no tool call delta")
+    await result.aclose()  # type: ignore[attr-defined]
+
+
 async def test_stream_relays_chunks_as_they_arrive(
     fake: FakeBedrock, provider: BedrockProvider
 ) -> None:

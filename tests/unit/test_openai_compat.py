@@ -473,6 +473,36 @@ async def test_stream_yields_each_chunk_as_it_arrives(
     assert all(later - earlier > 0.2 for earlier, later in itertools.pairwise(arrivals))
 
 
+async def test_stream_relays_tool_call_deltas_as_they_arrive(
+    fake: FakeOpenAI, mock: OpenAICompatProvider
+) -> None:
+    def call_chunk(call: dict[str, Any]) -> dict[str, Any]:
+        chunk = chat_chunk_json()
+        chunk["choices"][0]["delta"] = {"tool_calls": [{"index": 0, **call}]}
+        return chunk
+
+    head = {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": ""}}
+    fragments = ['{"a": ', "1, ", '"b": 2}']
+    events = [
+        chat_chunk_json(),
+        call_chunk(head),
+        *(call_chunk({"function": {"arguments": f}}) for f in fragments),
+        chat_chunk_json(finish_reason="tool_calls"),
+    ]
+    fake.script(CHAT, Reply(events=events, event_delay=0.3))
+    started = time.monotonic()
+    stream = await chat_stream(mock, tools=[{"type": "function", "function": {"name": "add"}}])
+    arrivals: list[float] = []
+    calls = []
+    async for chunk in stream:
+        arrivals.append(time.monotonic() - started)
+        calls.extend(chunk.choices[0].delta.tool_calls or [])
+    # Each delta is relayed when it arrives, not gathered until the end.
+    assert all(later - earlier > 0.2 for earlier, later in itertools.pairwise(arrivals))
+    assert calls[0].id == "call_1" and calls[0].function and calls[0].function.name == "add"
+    assert [c.function.arguments for c in calls[1:] if c.function] == fragments
+
+
 async def test_stream_retried_before_the_first_byte(
     fake: FakeOpenAI, mock: OpenAICompatProvider
 ) -> None:

@@ -10,9 +10,11 @@ so the PayloadPart bytes are what the container really streamed.
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -22,6 +24,7 @@ import pytest
 
 from fnstack.api.inference import (
     ChatCompletion,
+    ChatCompletionChunk,
     ChatCompletionRequest,
     Completion,
     CompletionRequest,
@@ -37,9 +40,9 @@ from fnstack.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
-from fnstack_dev.sagemaker_server import create_sagemaker_app
 from fnstack.spec import ProviderContext, load_spec
 from fnstack.stack import Stack
+from fnstack_dev.sagemaker_server import create_sagemaker_app
 from providers.inference._sse import SSEEvents
 from providers.inference.sagemaker import SageMakerConfig, SageMakerProvider, spec
 from tests.support.eventstream import ThreadedServer
@@ -196,6 +199,33 @@ async def test_chat_stream_reassembles_split_lines(
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Héllo wörld ✓"
     assert chunks[-1].choices[0].finish_reason == "stop"
     assert {c.model for c in chunks} == {MODEL}
+
+
+async def test_chat_stream_relays_tool_call_deltas_as_they_arrive(
+    provider: SageMakerProvider, openai: FakeOpenAI
+) -> None:
+    def call_chunk(call: dict[str, Any]) -> dict[str, Any]:
+        chunk = chat_chunk_json()
+        chunk["choices"][0]["delta"] = {"tool_calls": [{"index": 0, **call}]}
+        return chunk
+
+    head = {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": ""}}
+    fragments = ['{"a": ', "1, ", '"b": 2}']
+    openai.script(CHAT, Reply(event_delay=0.3, events=[
+        chat_chunk_json(), call_chunk(head),
+        *(call_chunk({"function": {"arguments": f}}) for f in fragments),
+        chat_chunk_json(finish_reason="tool_calls"),
+    ]))
+    started = time.monotonic()
+    result = await provider.chat_completion(chat(stream=True))
+    arrivals, calls = [], []
+    async for chunk in cast(AsyncIterator[ChatCompletionChunk], result):
+        arrivals.append(time.monotonic() - started)
+        calls.extend(chunk.choices[0].delta.tool_calls or [])
+    # Relayed through the container and SageMaker as each arrives, not at the end.
+    assert all(later - earlier > 0.15 for earlier, later in itertools.pairwise(arrivals))
+    assert calls[0].id == "call_1" and calls[0].function and calls[0].function.name == "add"
+    assert [c.function.arguments for c in calls[1:] if c.function] == fragments
 
 
 def test_sse_lines_parser() -> None:
