@@ -70,8 +70,11 @@ class Api(StrEnum):
 CORE_APIS = frozenset({Api.models, Api.providers, Api.inspect, Api.keys})
 
 # Optional provider hooks. A provider declares the ones it implements in its spec
-# (``hooks=("warmup",)``); the stack calls only declared hooks, never probes with hasattr.
-Hook = Literal["warmup"]
+# (``hooks=("warmup",)``); callers use only declared hooks, never probe with hasattr.
+#   warmup:    ``async warmup()`` loads models now (the local server calls it at start)
+#   tokenizer: ``async tokenizer(model) -> tokenizers.Tokenizer`` the model's own tokenizer
+#              (token-aware chunking of documents for the model that embeds them)
+Hook = Literal["warmup", "tokenizer"]
 
 
 @dataclass(frozen=True)

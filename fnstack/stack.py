@@ -23,6 +23,7 @@ from typing import Any
 from fnstack.access import AccessPolicy, policy_for
 from fnstack.config import ProviderConfig, RunConfig
 from fnstack.errors import ConfigError, NotFoundError
+from fnstack.jobs import open_queue
 from fnstack.quotas import Quotas
 from fnstack.services import Service, ServiceContext, ServiceSpec, available_services
 from fnstack.spec import Api, ProviderContext, ProviderSpec, check_implements, load_spec
@@ -131,6 +132,7 @@ class Stack:
             if api in provider_apis:
                 self.providers[p.provider_id] = ProviderHandle(api, p, load_spec(p.provider_type))
         self._services: dict[str, Service] = {}
+        self.jobs = open_queue(config.queues, self.run_job)
         self._closers: list[Callable[[], Awaitable[None]]] = []
         self._lock = asyncio.Lock()
         self._started = False
@@ -164,6 +166,8 @@ class Stack:
                     deps={d: self._services[d] for d in spec.depends},
                     providers=providers,
                     quotas=self.quotas,
+                    jobs=self.jobs,
+                    provider_specs={pid: self.providers[pid].spec for pid in providers},
                 )
                 service = await spec.factory(ctx)
                 await service.start()
@@ -188,6 +192,11 @@ class Stack:
                 f"the {name} service is not served by this function", code="not_served"
             ) from None
 
+    async def run_job(self, service: str, name: str, args: dict[str, Any]) -> None:
+        """Run a background job: by the local job queue, or by the worker function."""
+        svc: Service = await self.service(service)
+        await svc.run_job(name, args)
+
     async def provider(self, provider_id: str) -> Any:
         await self.ensure_started()
         handle = self.providers.get(provider_id)
@@ -204,6 +213,7 @@ class Stack:
 
     async def shutdown(self) -> None:
         async with self._lock:
+            await self.jobs.close()
             for close in self._closers:
                 try:
                     await close()

@@ -17,7 +17,7 @@ factory's `ServiceContext`, typed by the api Protocols of the services they are.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -29,7 +29,9 @@ if TYPE_CHECKING:
 
     from fnstack.access import AccessPolicy
     from fnstack.config import RunConfig
+    from fnstack.jobs import JobQueue
     from fnstack.quotas import Quotas
+    from fnstack.spec import ProviderSpec
     from fnstack.storage import Stores
 
 __all__ = [
@@ -65,6 +67,10 @@ class Service:
     async def close(self) -> None:
         """Called once at shutdown, in reverse build order: drain, release."""
 
+    async def run_job(self, name: str, args: dict[str, Any]) -> None:
+        """Run the background job ``name`` this service submitted (`fnstack.jobs`)."""
+        raise NotImplementedError(f"{type(self).__name__} runs no job {name!r}")
+
 
 @dataclass(frozen=True)
 class ServiceContext:
@@ -78,6 +84,10 @@ class ServiceContext:
     providers: dict[str, Any]
     # Token budgets to charge usage to; None when no quota is configured.
     quotas: Quotas | None = None
+    # Where background work goes (`fnstack.jobs`); the service runs it in ``run_job``.
+    jobs: JobQueue | None = None
+    # provider_id -> its spec, for the declared optional hooks.
+    provider_specs: dict[str, ProviderSpec] = field(default_factory=dict)
 
     def dep(self, name: str, kind: type[T]) -> T:
         """The built dependency ``name``; ``kind`` is its api Protocol (for the type checker)."""

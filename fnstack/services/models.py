@@ -44,6 +44,7 @@ class ModelsService(Service):
     def __init__(self, ctx: ServiceContext) -> None:
         self.policy = ctx.policy
         self.providers = ctx.providers
+        self._specs = ctx.provider_specs
         cfg = ctx.config
         started = int(time.time())
         self.table = RoutingTable(
@@ -99,6 +100,11 @@ class ModelsService(Service):
 
     def provider(self, provider_id: str) -> Any:
         return self.providers[provider_id]
+
+    def hooks(self, provider_id: str) -> tuple[str, ...]:
+        """The optional hooks the provider declares (e.g. ``tokenizer``)."""
+        spec = self._specs.get(provider_id)
+        return tuple(spec.hooks) if spec is not None else ()
 
     # --- the Models API ------------------------------------------------------------
 

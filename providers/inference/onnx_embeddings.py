@@ -497,6 +497,11 @@ class OnnxEmbeddingsProvider:
         at start, so the first request does not pay for it."""
         await self._get_runtime()
 
+    async def tokenizer(self, model: str) -> Any:
+        """The model's own tokenizer (a `tokenizers.Tokenizer`, no truncation): documents
+        are chunked by the tokens this model counts (the ``tokenizer`` hook)."""
+        return (await self._get_runtime()).tokenizer
+
     async def list_models(self) -> list[ProviderModel]:
         return [
             ProviderModel(
@@ -702,5 +707,5 @@ spec = ProviderSpec(
     factory=create,
     description="Sentence embeddings (all-MiniLM-L6-v2 by default) with onnxruntime, in-process.",
     extras=("models",),
-    hooks=("warmup",),
+    hooks=("warmup", "tokenizer"),
 )
