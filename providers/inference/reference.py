@@ -353,13 +353,19 @@ class ReferenceProvider:
     ) -> AsyncIterator[Completion]:
         cid = f"cmpl-{secrets.token_hex(12)}"
         created = int(time.time())
+        offset = 0  # of the next token's text, for the logprobs' text_offset
         try:
             if request.echo:
                 text = prompt if isinstance(prompt, str) else engine.decode(prompt)
+                offset = len(text)
                 yield Completion(id=cid, created=created, model=request.model,
                                  choices=[CompletionChoice(index=0, text=text,
                                                            finish_reason=None)])
             async for delta in stream:
+                logprobs = None
+                if request.logprobs is not None:
+                    logprobs = _completion_logprobs(_wire_logprobs(delta.logprobs or []), offset)
+                    offset += sum(len(t) for t in logprobs.tokens)
                 usage = None
                 if delta.usage is not None:
                     usage = Usage(prompt_tokens=delta.usage.prompt_tokens,
@@ -367,7 +373,7 @@ class ReferenceProvider:
                                   total_tokens=delta.usage.total_tokens)
                 yield Completion(id=cid, created=created, model=request.model, usage=usage,
                                  choices=[CompletionChoice(
-                                     index=0, text=delta.text,
+                                     index=0, text=delta.text, logprobs=logprobs,
                                      finish_reason=delta.finish_reason,  # type: ignore[arg-type]
                                  )])
         except (ValueError, RuntimeError) as exc:
@@ -466,8 +472,9 @@ def _wire_logprobs(items: list[Any]) -> list[WireLogprob]:
     ]
 
 
-def _completion_logprobs(items: list[WireLogprob]) -> CompletionLogprobs:
-    offsets, pos = [], 0
+def _completion_logprobs(items: list[WireLogprob], pos: int = 0) -> CompletionLogprobs:
+    """Legacy logprobs; ``pos``: the text offset of the first token (when streaming)."""
+    offsets = []
     for lp in items:
         offsets.append(pos)
         pos += len(lp.token)

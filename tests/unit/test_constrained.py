@@ -442,3 +442,11 @@ async def test_legacy_top_logprobs_include_the_sampled_token(
         assert top[token] == logprob
     # At temperature 2 some sampled tokens are not the most likely one: then both show.
     assert any(len(top) == 2 for top in lp.top_logprobs)
+    # Streamed, the same tokens come with the same logprobs, chunk by chunk.
+    stream = await provider.completion(request.model_copy(update={"stream": True}))
+    assert not isinstance(stream, Completion)
+    chunks = [c async for c in stream]
+    streamed = [c.choices[0].logprobs for c in chunks if c.choices[0].logprobs]
+    assert [t for s in streamed for t in s.tokens] == lp.tokens
+    assert [t for s in streamed for t in s.top_logprobs] == lp.top_logprobs
+    assert [t for s in streamed for t in s.text_offset] == lp.text_offset
