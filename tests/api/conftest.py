@@ -3,8 +3,13 @@
 ``--mode local`` (default ``all``) serves the ``local`` distribution with ``fnstack run``
 (SQLite + a folder); the ``gateway`` mode serves the ``aws`` distribution through the
 emulated API Gateway on moto-emulated DynamoDB/S3/SQS created from template.yaml.
-Tests get ``api`` (a live server: base_url + mode), ``client`` (the official openai
-SDK) and ``http`` (httpx, for calls the SDK does not have).
+Tests get ``api`` (a live server: base_url + mode + the admin key), ``client`` (the
+official openai SDK) and ``http`` (httpx, for calls the SDK does not have), both
+authenticated as the admin.
+
+Both modes run with API-key authentication on, as the ``aws`` distribution does by
+default: the operator's bootstrap admin key comes from ``FNSTACK_ADMIN_KEY``, and the
+tenancy tests create ordinary principals' keys with it through ``POST /v1/keys``.
 
 One real llama.cpp server (SmolLM2 GGUF) starts first, for the whole session, and every
 mode gets its URL as ``FNSTACK_OPENAI_BASE_URL``: the ``remote::openai`` provider
@@ -13,6 +18,7 @@ mode gets its URL as ``FNSTACK_OPENAI_BASE_URL``: the ``remote::openai`` provide
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +32,20 @@ from tests.support.servers import FnstackServer
 
 MODES = ("local", "gateway")
 
+# The operator's bootstrap admin key for this session's servers (not a stored key).
+ADMIN_KEY = f"fns-admin-{secrets.token_urlsafe(24)}"
+AUTH_ENV = {"FNSTACK_AUTH": "api_keys", "FNSTACK_ADMIN_KEY": ADMIN_KEY}
+
 
 @dataclass(frozen=True)
 class LiveApi:
     mode: str
     base_url: str
+    key: str = ADMIN_KEY
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -47,7 +62,7 @@ def llamacpp() -> Iterator[LlamaCppServer]:
 
 
 def _local(tmp: Path, upstream: dict[str, str]) -> Iterator[LiveApi]:
-    env = {"FNSTACK_HOME": str(tmp / "home"), **upstream}
+    env = {"FNSTACK_HOME": str(tmp / "home"), **AUTH_ENV, **upstream}
     with FnstackServer(["run", "local"], env=env, log_path=tmp / "server.log") as server:
         yield LiveApi("local", server.base_url)
 
@@ -57,7 +72,8 @@ def _gateway(tmp: Path, upstream: dict[str, str]) -> Iterator[LiveApi]:
 
     # The template sets FNSTACK_OPENAI_BASE_URL on every function (from a parameter):
     # only the gateway's --env overrides what a function sees.
-    overrides = [arg for name, value in upstream.items() for arg in ("--env", f"{name}={value}")]
+    overrides = [arg for name, value in {**AUTH_ENV, **upstream}.items()
+                 for arg in ("--env", f"{name}={value}")]
     with emulated_gateway(tmp, args=overrides) as base_url:
         yield LiveApi("gateway", base_url)
 
@@ -80,10 +96,11 @@ def api(
 
 @pytest.fixture
 def client(api: LiveApi) -> openai.OpenAI:
-    return openai.OpenAI(base_url=api.base_url, api_key="none", max_retries=0, timeout=120)
+    return openai.OpenAI(base_url=api.base_url, api_key=api.key, max_retries=0, timeout=120)
 
 
 @pytest.fixture
 def http(api: LiveApi) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=api.base_url.removesuffix("/v1"), timeout=120) as c:
+    with httpx.Client(base_url=api.base_url.removesuffix("/v1"), timeout=120,
+                      headers=api.headers) as c:
         yield c
