@@ -92,6 +92,11 @@ class VectorIOProvider(Protocol):
     an error. An index outlives the process (persistence is part of the contract).
     """
 
+    # The search modes this provider answers. A query in any other mode raises
+    # InvalidRequestError (code "unsupported_search_mode"), never a 500; the service
+    # reads this to refuse hybrid search where keyword search is missing.
+    search_modes: frozenset[SearchMode]
+
     async def list_models(self) -> list[ProviderModel]: ...
 
     async def create_index(self, index_id: str, dimension: int) -> None:

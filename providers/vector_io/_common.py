@@ -1,0 +1,85 @@
+"""What every vector IO provider checks the same way: ids, query arguments, query terms."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+
+from fnstack.api.vector_io import Chunk, SearchMode
+from fnstack.errors import InvalidRequestError
+
+__all__ = ["check_chunks", "check_index_id", "check_query", "terms", "unit"]
+
+# Index ids become folder names, table names and remote index names: keep them plain.
+_INDEX_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+_TERM = re.compile(r"\w+", re.UNICODE)
+
+
+def check_index_id(index_id: str) -> str:
+    if not _INDEX_ID.match(index_id):
+        raise InvalidRequestError(
+            f"index id {index_id!r} must be 1-63 letters, digits, '_' or '-', "
+            "starting with a letter or digit",
+            param="index_id",
+        )
+    return index_id
+
+
+def check_chunks(chunks: Iterable[Chunk], dimension: int) -> None:
+    for chunk in chunks:
+        if len(chunk.embedding) != dimension:
+            raise InvalidRequestError(
+                f"chunk {chunk.chunk_id!r} has an embedding of {len(chunk.embedding)} "
+                f"dimensions; this index holds {dimension}",
+                param="embedding",
+            )
+        if not all(math.isfinite(v) for v in chunk.embedding):
+            raise InvalidRequestError(
+                f"chunk {chunk.chunk_id!r} has a NaN or infinite embedding value",
+                param="embedding",
+            )
+
+
+def check_query(
+    *,
+    mode: SearchMode,
+    k: int,
+    embedding: list[float] | None,
+    text: str | None,
+    dimension: int,
+    modes: frozenset[SearchMode],
+    provider: str,
+) -> None:
+    """Raise InvalidRequestError for a query this provider cannot answer as asked."""
+    if mode not in modes:
+        raise InvalidRequestError(
+            f"{provider} has no {mode} search; it answers {', '.join(sorted(modes))} "
+            "(use search_mode vector with this vector store)",
+            param="search_mode",
+            code="unsupported_search_mode",
+        )
+    if k < 1:
+        raise InvalidRequestError(f"k must be at least 1, got {k}", param="max_num_results")
+    if mode == "vector":
+        if embedding is None:
+            raise InvalidRequestError("a vector query needs an embedding", param="embedding")
+        if len(embedding) != dimension:
+            raise InvalidRequestError(
+                f"the query embedding has {len(embedding)} dimensions; "
+                f"this index holds {dimension}",
+                param="embedding",
+            )
+    elif text is None:
+        raise InvalidRequestError("a keyword query needs text", param="query")
+
+
+def terms(text: str) -> list[str]:
+    """The words of a keyword query, lower-cased, without duplicates, in order."""
+    return list(dict.fromkeys(t.lower() for t in _TERM.findall(text)))
+
+
+def unit(vector: list[float]) -> list[float]:
+    """``vector`` scaled to length 1 (a zero vector stays zero)."""
+    norm = math.sqrt(sum(v * v for v in vector))
+    return [v / norm for v in vector] if norm > 0 else list(vector)

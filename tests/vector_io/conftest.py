@@ -1,0 +1,86 @@
+"""Vector IO fixtures: every conformance test runs once per provider.
+
+A `Backend` opens providers on one storage: ``open()`` twice gives two processes' view
+of the same indexes (the restart test closes one and opens another). Servers (a real
+PostgreSQL with pgvector, the S3 Vectors and Pinecone fakes) start once per session and
+only when their provider is selected; each test uses its own index ids.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fnstack.api.vector_io import VectorIOProvider
+from fnstack.spec import ProviderContext, load_spec
+from fnstack.storage import LocalFSConfig, StorageConfig, StoreRef, Stores
+
+
+@dataclass
+class Backend:
+    name: str
+    opener: Callable[[], Awaitable[VectorIOProvider]]
+    opened: list[VectorIOProvider] = field(default_factory=list)
+
+    async def open(self) -> VectorIOProvider:
+        provider = await self.opener()
+        self.opened.append(provider)
+        return provider
+
+
+async def open_spec(provider_type: str, config: dict[str, Any], ctx: ProviderContext) -> Any:
+    """Build a provider the way the stack does: entry point, config class, factory."""
+    spec = load_spec(provider_type)
+    return await spec.factory(spec.config_class.model_validate(config), ctx)
+
+
+def _inline(tmp: Path) -> Callable[[], Awaitable[VectorIOProvider]]:
+    ctx = ProviderContext(provider_id="inline", cache_dir=tmp / "cache")
+    return lambda: open_spec("inline::vector", {"root": str(tmp / "vio")}, ctx)
+
+
+def _inline_blob(tmp: Path) -> Callable[[], Awaitable[VectorIOProvider]]:
+    # Every open gets a fresh local folder: what survives lives in the blob store only,
+    # as for a Lambda function whose /tmp is new at each cold start.
+    stores = Stores(StorageConfig(
+        backends={"blobs": LocalFSConfig(type="blob_localfs", root=str(tmp / "blobs"))},
+        stores={"vector_io": StoreRef(backend="blobs", prefix="vector_io/")},
+    ))
+
+    async def opener() -> VectorIOProvider:
+        root = tmp / f"tmp-{uuid.uuid4().hex[:8]}"
+        ctx = ProviderContext(provider_id="inline", cache_dir=tmp / "cache", stores=stores)
+        config = {"root": str(root), "blob_store": "vector_io", "sync_interval_s": 0}
+        provider: VectorIOProvider = await open_spec("inline::vector", config, ctx)
+        return provider
+
+    return opener
+
+
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Callable[[], Awaitable[Any]]]] = {
+    "inline": lambda request, tmp: _inline(tmp),
+    "inline-blob": lambda request, tmp: _inline_blob(tmp),
+}
+
+
+@pytest.fixture(params=list(BACKENDS))
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    b = Backend(request.param, BACKENDS[request.param](request, tmp_path))
+    yield b
+    for provider in b.opened:
+        await provider.shutdown()
+
+
+@pytest.fixture
+async def provider(backend: Backend) -> VectorIOProvider:
+    return await backend.open()
+
+
+@pytest.fixture
+def index_id() -> str:
+    return f"vs_{uuid.uuid4().hex[:16]}"
