@@ -142,6 +142,18 @@ def load_secrets(environ: MutableMapping[str, str] | None = None) -> list[str]:
 BATCH_WORKER_MODULE = "fnstack.batches.worker"
 
 
+async def _run_job(stack: Stack, body: dict[str, Any]) -> None:
+    service, _, name = str(body["job"]).partition(".")
+    await stack.run_job(service, name, body.get("args") or {})
+
+
+def _json_body(record: dict[str, Any]) -> Any:
+    try:
+        return json.loads(record.get("body") or "{}")
+    except ValueError:
+        return None
+
+
 def batch_worker(config: RunConfig) -> LambdaHandler:
     """SQS messages and inbox/ uploads, handed to the batches API's worker."""
     state: dict[str, Any] = {}
@@ -172,6 +184,16 @@ def batch_worker(config: RunConfig) -> LambdaHandler:
         failures: list[dict[str, str]] = []
         for record in records:
             message_id = str(record.get("messageId", ""))
+            body = _json_body(record)
+            if isinstance(body, dict) and "job" in body:
+                # A service's background job (fnstack.jobs): e.g. indexing a file.
+                try:
+                    run(_run_job, body)
+                except Exception:
+                    log.exception("job failed; SQS will redeliver it",
+                                  extra={"message_id": message_id, "job": body["job"]})
+                    failures.append({"itemIdentifier": message_id})
+                continue
             if process is None:
                 # Not an error to swallow: reported as failed, so SQS redelivers the
                 # message and finally moves it to the dead-letter queue. Nothing is lost.
