@@ -186,11 +186,14 @@ def guarded_protocol(cfg: ServerConfig) -> type[asyncio.Protocol]:
             now = self.loop.time()
             if self.transport.is_closing():
                 return
-            if now < self._deadline or (self.flow is not None and self.flow.read_paused):
-                # Pushed back by body bytes, or we are the ones not reading: wait on.
-                self._timer = self.loop.call_at(
-                    max(self._deadline, now + (0.5 if self.flow.read_paused else 0.01)), self._check
-                )
+            if self.flow is not None and self.flow.read_paused:
+                # We are the ones not reading (the app has not taken the body yet): the
+                # client is not slow; it gets a fresh window once reading resumes.
+                self._deadline = max(self._deadline, now + cfg.body_timeout_s)
+                self._timer = self.loop.call_at(now + 0.5, self._check)
+                return
+            if now < self._deadline:  # pushed back by body bytes since armed
+                self._timer = self.loop.call_at(self._deadline, self._check)
                 return
             what = "request head" if self._phase == "head" else "request body"
             limit = cfg.header_timeout_s if self._phase == "head" else cfg.body_timeout_s
