@@ -57,7 +57,8 @@ class ServerConfig(_Strict):
     # second per body_min_rate bytes received (a body dripped slower, or shorter than
     # its Content-Length, gets 408 and the connection closed); an idle keep-alive
     # connection is closed after idle_timeout_s. One client address holds at most
-    # max_connections_per_client connections (more are answered 429 and closed).
+    # max_connections_per_client connections (more are answered 429 and closed; behind
+    # a reverse proxy every client has the proxy's address: raise it there).
     header_timeout_s: float = Field(default=10.0, gt=0)
     body_timeout_s: float = Field(default=20.0, gt=0)
     body_min_rate: int = Field(default=500, ge=1, description="bytes per second")
