@@ -38,6 +38,7 @@ import base64
 import contextlib
 import json
 import logging
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -425,6 +426,8 @@ class Gateway:
                         if not first and obj["Key"].endswith(source.suffix):
                             fresh.append(obj)
                 for obj in fresh:
+                    print(f"S3 Object Created s3://{source.bucket}/{obj['Key']} -> "
+                          f"{source.function}", file=sys.stderr, flush=True)
                     maker = eventbridge_s3_event if source.eventbridge else s3_event
                     event = maker(source.bucket, obj["Key"], int(obj.get("Size", 0)),
                                   obj["ETag"])
