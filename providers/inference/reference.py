@@ -182,7 +182,7 @@ class ReferenceProvider:
         prompt_tokens = completion_tokens = 0
         for i, (text, logprobs, finish, usage) in enumerate(results):
             calls = _parse_tool_calls(text, names) if names else None
-            if calls:
+            if calls and finish == "stop":  # a call cut by max_tokens stays "length"
                 finish = "tool_calls"
             choices.append(
                 ChatChoice(
