@@ -9,7 +9,7 @@ only when their provider is selected; each test uses its own index ids.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ import pytest
 from fnstack.api.vector_io import VectorIOProvider
 from fnstack.spec import ProviderContext, load_spec
 from fnstack.storage import LocalFSConfig, StorageConfig, StoreRef, Stores
+from tests.support.pgserver import PgVectorServer
 
 
 @dataclass
@@ -62,9 +63,22 @@ def _inline_blob(tmp: Path) -> Callable[[], Awaitable[VectorIOProvider]]:
     return opener
 
 
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgVectorServer]:
+    with PgVectorServer() as server:
+        yield server
+
+
+def _pgvector(request: pytest.FixtureRequest) -> Callable[[], Awaitable[VectorIOProvider]]:
+    server: PgVectorServer = request.getfixturevalue("pg_server")
+    ctx = ProviderContext(provider_id="pgvector", cache_dir=Path("/nonexistent"))
+    return lambda: open_spec("remote::pgvector", {"dsn": server.dsn, "min_connections": 0}, ctx)
+
+
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Callable[[], Awaitable[Any]]]] = {
     "inline": lambda request, tmp: _inline(tmp),
     "inline-blob": lambda request, tmp: _inline_blob(tmp),
+    "pgvector": lambda request, tmp: _pgvector(request),
 }
 
 
