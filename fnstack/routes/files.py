@@ -58,7 +58,7 @@ async def _multipart(request: Request, limit: int, what: str) -> FormData:
     if not ctype.lower().startswith("multipart/form-data"):
         raise InvalidRequestError(
             f"send the {what} as multipart/form-data (got {ctype or 'no content type'!r})",
-            code="invalid_content_type")
+            param="file" if what == "file" else "data", code="invalid_content_type")
     cap = limit + _FRAMING
     too_large = PayloadTooLargeError(
         f"the request body is over the limit of {limit} bytes for a {what}",
