@@ -78,8 +78,11 @@ KIND = "vector_store"
 FILE_KIND = "vector_store.file"
 BATCH_KIND = "vector_store.file_batch"
 EMBED_BATCH = 64
-# How long a worker owns a file it is indexing before another may take over.
-LEASE_S = 900.0
+# How long a worker owns a file it is indexing before another may take over: shorter
+# than the queue's visibility timeout (720 s), so SQS's redelivery of a job whose worker
+# died finds the lease expired and resumes from the last checkpoint. Every checkpoint
+# renews it.
+LEASE_S = 600.0
 # last_active_at is written at most this often (a search must not always write).
 ACTIVE_EVERY_S = 3600
 _STOPWORDS = frozenset([
