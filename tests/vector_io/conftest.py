@@ -19,6 +19,7 @@ import pytest
 from fnstack.api.vector_io import VectorIOProvider
 from fnstack.spec import ProviderContext, load_spec
 from fnstack.storage import LocalFSConfig, StorageConfig, StoreRef, Stores
+from tests.support.fake_s3vectors import FakeS3Vectors
 from tests.support.pgserver import PgVectorServer
 
 
@@ -75,10 +76,29 @@ def _pgvector(request: pytest.FixtureRequest) -> Callable[[], Awaitable[VectorIO
     return lambda: open_spec("remote::pgvector", {"dsn": server.dsn, "min_connections": 0}, ctx)
 
 
+@pytest.fixture(scope="session")
+def s3vectors_server() -> Iterator[FakeS3Vectors]:
+    import boto3
+
+    with FakeS3Vectors() as fake:
+        client = boto3.client("s3vectors", endpoint_url=fake.url, region_name="us-east-1")
+        client.create_vector_bucket(vectorBucketName="fnstack-test")
+        client.close()
+        yield fake
+
+
+def _s3vectors(request: pytest.FixtureRequest) -> Callable[[], Awaitable[VectorIOProvider]]:
+    fake: FakeS3Vectors = request.getfixturevalue("s3vectors_server")
+    ctx = ProviderContext(provider_id="s3vectors", cache_dir=Path("/nonexistent"))
+    config = {"vector_bucket": "fnstack-test", "endpoint_url": fake.url, "region": "us-east-1"}
+    return lambda: open_spec("remote::s3vectors", config, ctx)
+
+
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Callable[[], Awaitable[Any]]]] = {
     "inline": lambda request, tmp: _inline(tmp),
     "inline-blob": lambda request, tmp: _inline_blob(tmp),
     "pgvector": lambda request, tmp: _pgvector(request),
+    "s3vectors": lambda request, tmp: _s3vectors(request),
 }
 
 
