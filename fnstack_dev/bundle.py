@@ -1,24 +1,29 @@
 """Refresh a built bundle's own code after a source change, as `sam build` would.
 
 `sam build` takes minutes (it reinstalls the layer's dependencies); after a change to
-fnstack, providers or functions/ only the project's own code differs. ``refresh_code``
-copies each function's source folder over its build folder and reinstalls the project
-(no dependencies) into the layers that hold it, the way layers/Makefile does. A change
-to a dependency still needs `sam build`.
+fnstack, providers, functions/ or template.yaml only the project's own part differs.
+``refresh_code`` rewrites the built template from template.yaml as `sam build` does
+(image functions left out, code folders by logical id), copies each function's source
+folder over its build folder and reinstalls the project (no dependencies) into the
+layers that hold it, the way layers/Makefile does. A change to a dependency, or a new
+function or layer, still needs `sam build`.
 
     python -m fnstack_dev.bundle [.aws-sam/build]
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import yaml
+
 from fnstack_dev.sandbox import find_python312
-from fnstack_dev.template import load_template
+from fnstack_dev.template import Template, load_template
 
 __all__ = ["refresh_code"]
 
@@ -27,8 +32,31 @@ _PROJECT = ("fnstack", "providers")
 _NOT_SHIPPED = ("fnstack_dev", "bin")
 
 
+def _built_template(source: Template, build_dir: Path) -> None:
+    data = json.loads(json.dumps(source.data))
+    resources = data["Resources"]
+    images = [n for n, r in resources.items()
+              if r.get("Properties", {}).get("PackageType") == "Image"]
+    for name in images:
+        del resources[name]
+    data["Outputs"] = {k: v for k, v in data.get("Outputs", {}).items()
+                       if not any(img in json.dumps(v) for img in images)}
+    for name, res in resources.items():
+        props = res.get("Properties", {})
+        for key in ("CodeUri", "ContentUri"):
+            if isinstance(props.get(key), str):
+                # A function's folder is a copy of its code (made below); a layer's is
+                # built with its dependencies: only `sam build` makes a new one.
+                if key == "ContentUri" and not (build_dir / name).is_dir():
+                    raise FileNotFoundError(f"layer {name} is not in {build_dir}: run "
+                                            "`sam build` (bash .ci/serverless.sh)")
+                props[key] = name
+    (build_dir / "template.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+
+
 def refresh_code(root: Path, build_dir: Path, *, python: str | None = None) -> None:
     source = load_template(root / "template.yaml")
+    _built_template(source, build_dir)
     built = load_template(build_dir / "template.yaml")
     for name, fn in built.functions.items():
         if fn.package_type == "Zip" and name in source.functions:

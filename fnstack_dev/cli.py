@@ -135,7 +135,25 @@ def _functions(template: Template, bundle: Any, envs: Mapping[str, Mapping[str, 
     from fnstack_dev.sandbox import FunctionPool, function_specs
 
     specs = function_specs(template, bundle, envs, concurrency=concurrency)
-    return {name: FunctionPool(spec, bundle) for name, spec in specs.items()}
+    return {name: FunctionPool(spec, bundle) for name, spec in specs.items() if name in envs}
+
+
+def _images(source: Template, bundle: Any, resolver: Resolver, extra: Mapping[str, str],
+            overrides: Mapping[str, str], concurrency: int) -> dict[str, Any]:
+    """Stand-ins for the source template's container-image functions (no Docker here)."""
+    from fnstack_dev.image import image_spec
+    from fnstack_dev.sandbox import FunctionPool
+
+    out: dict[str, Any] = {}
+    for name, fn in source.functions.items():
+        if fn.package_type != "Image" or not fn.routes:
+            continue
+        env = function_env(source, name, resolver, extra, overrides)
+        spec = image_spec(source, fn, env, work=bundle.build_dir.parent / "image-standins",
+                          concurrency=concurrency)
+        if spec is not None:
+            out[name] = FunctionPool(spec, bundle)
+    return out
 
 
 _BUILD_OPTIONS = [
@@ -240,6 +258,8 @@ def gateway(port: int, host: str, concurrency: int, template_path: str, build_di
     from fnstack_dev.server import RawHeadersH11Protocol
 
     template, bundle = _bundle_template(template_path, build_dir, from_source)
+    source = _load(template_path) if bundle is not None and Path(template_path).is_file() \
+        else None
     overrides = _pairs(env_pairs)
 
     # uvicorn re-raises SIGTERM after its graceful shutdown; exiting through SystemExit
@@ -254,7 +274,14 @@ def gateway(port: int, host: str, concurrency: int, template_path: str, build_di
             resolver, extra, aws):
         envs = {name: function_env(template, name, resolver, extra, overrides)
                 for name, fn in template.functions.items() if fn.package_type == "Zip"}
-        app = Gateway(template, _functions(template, bundle, envs, concurrency))
+        functions = _functions(template, bundle, envs, concurrency)
+        routes = template.routes()
+        if source is not None:
+            # The container-image functions the bundle lacks (sam build needs Docker).
+            images = _images(source, bundle, resolver, extra, overrides, concurrency)
+            functions.update(images)
+            routes += [r for name in images for r in source.function(name).routes]
+        app = Gateway(template, functions, routes=routes)
         if bundle is None:
             try:
                 for name in sorted({r.function for r in app.routes}):

@@ -177,9 +177,10 @@ class Gateway:
         functions: Mapping[str, Function],
         *,
         stage: str | None = None,
+        routes: list[Route] | None = None,
     ) -> None:
         self.template = template
-        self.routes = template.routes()
+        self.routes = routes if routes is not None else template.routes()
         api = template.api_resource()
         stage_name = api.get("StageName")
         self.stage = stage or (stage_name if isinstance(stage_name, str) else "prod")

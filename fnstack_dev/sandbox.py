@@ -209,6 +209,7 @@ class FunctionSpec:
     concurrency: int
     layers: list[Path]
     adapter: bool  # behind the Lambda Web Adapter: the handler is a script serving HTTP
+    python: str | None = None  # another interpreter than the bundle's (fnstack_dev.image)
 
 
 # --- invocation results ---------------------------------------------------------------------
@@ -278,7 +279,7 @@ class _Instance:
     # The environment Lambda gives the process.
     def environment(self) -> dict[str, str]:
         spec, bundle = self.spec, self.bundle
-        python_bin = str(Path(bundle.python).parent)
+        python_bin = str(Path(spec.python or bundle.python).parent)
         env = {
             "PATH": f"{python_bin}:/usr/local/bin:/usr/bin:/bin",
             "LANG": "en_US.UTF-8",
@@ -446,7 +447,8 @@ class _Instance:
                           ) -> Streamed:
         """What the Web Adapter does with an API Gateway event: an HTTP request."""
         assert self._http is not None
-        request = _adapter_request(self._http, event, request_id)
+        request = _adapter_request(self._http, event, request_id,
+                                   self.spec.env.get("AWS_LWA_REMOVE_BASE_PATH", ""))
         try:
             response = await asyncio.wait_for(self._http.send(request, stream=True),
                                               deadline - time.monotonic())
@@ -485,8 +487,8 @@ def _timeout(request_id: str, timeout_s: float) -> FunctionError:
                                           f"{timeout_s:.2f} seconds"})
 
 
-def _adapter_request(http: httpx.AsyncClient, event: dict[str, Any], request_id: str
-                     ) -> httpx.Request:
+def _adapter_request(http: httpx.AsyncClient, event: dict[str, Any], request_id: str,
+                     remove_base_path: str = "") -> httpx.Request:
     import base64
 
     query = event.get("multiValueQueryStringParameters") or {}
@@ -499,6 +501,8 @@ def _adapter_request(http: httpx.AsyncClient, event: dict[str, Any], request_id:
     raw = event.get("body") or ""
     body = base64.b64decode(raw) if event.get("isBase64Encoded") else raw.encode()
     url = event.get("path") or "/"
+    if remove_base_path and url.startswith(remove_base_path):
+        url = url[len(remove_base_path):] or "/"  # AWS_LWA_REMOVE_BASE_PATH
     if pairs:
         url += "?" + urlencode(pairs)
     return http.build_request(event.get("httpMethod", "GET"), url, headers=headers, content=body)

@@ -85,7 +85,29 @@ def _concrete(path: str) -> str:
 
 
 def test_routed_functions_are_the_api_groups(template: Template) -> None:
-    assert {r.function for r in template.routes()} == set(FUNCTION_APIS)
+    assert {r.function for r in template.routes()} == {*FUNCTION_APIS, "InferenceImageFunction"}
+
+
+def test_the_image_function_is_reachable_and_builds_lean() -> None:
+    # Defect 3: no route made the bundled model unreachable; the image had no uvicorn;
+    # the build context took the venvs and .aws-sam.
+    image = yaml.safe_load(re.sub(r"!(\w+)", r"", TEMPLATE.read_text()))["Resources"][
+        "InferenceImageFunction"]["Properties"]
+    (event,) = image["Events"].values()
+    assert event["Properties"]["Path"] == "/image/v1/{proxy+}"
+    assert event["Properties"]["ResponseTransferMode"] == "RESPONSE_STREAM"
+    assert event["Properties"]["TimeoutInMillis"] == 900_000
+    assert image["Environment"]["Variables"]["AWS_LWA_REMOVE_BASE_PATH"] == "/image"
+    root = TEMPLATE.parent
+    dockerfile = (root / "functions/inference_image/Dockerfile").read_text()
+    assert "[server,models,aws]" in dockerfile  # uvicorn: the adapter's server, SageMaker's
+    assert "/opt/extensions/lambda-adapter" in dockerfile
+    ignored = (root / ".dockerignore").read_text().splitlines()
+    assert ignored[ignored.index("*") if "*" in ignored else 0] == "*"
+    assert not any(line.startswith("!") and (".venv" in line or ".aws-sam" in line)
+                   for line in ignored)
+    entry = (root / "functions/inference_image/entrypoint.sh").read_text()
+    assert "uvicorn inference:app" in entry and "fnstack_dev.sagemaker_server" in entry
 
 
 @pytest.mark.parametrize("function", sorted(FUNCTION_APIS))
