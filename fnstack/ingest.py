@@ -36,26 +36,11 @@ if TYPE_CHECKING:
     from docx.table import Table
 
 __all__ = [
-    "AUTO_MAX_TOKENS",
-    "AUTO_OVERLAP_TOKENS",
-    "MAX_CHUNK_TOKENS",
-    "MIN_CHUNK_TOKENS",
-    "SUPPORTED_KINDS",
-    "ErrorCode",
-    "HFTokenizer",
-    "IngestError",
-    "Kind",
-    "ParsedDocument",
-    "TextChunk",
-    "Tokenizer",
-    "check_chunking",
-    "chunk",
-    "chunk_document",
-    "detect_kind",
-    "hf_tokenizer",
-    "parse",
-    "whitespace_tokenizer",
-]
+    "AUTO_MAX_TOKENS", "AUTO_OVERLAP_TOKENS", "MAX_CHUNK_TOKENS", "MIN_CHUNK_TOKENS",
+    "SUPPORTED_KINDS", "ErrorCode", "HFTokenizer", "IngestError", "Kind", "ParsedDocument",
+    "TextChunk", "Tokenizer", "check_chunking", "chunk", "chunk_document", "detect_kind",
+    "hf_tokenizer", "parse", "whitespace_tokenizer",
+]  # fmt: skip
 
 Kind = Literal["txt", "md", "html", "json", "csv", "pdf", "docx"]
 ErrorCode = Literal["unsupported_file", "invalid_file", "empty_file"]
@@ -142,39 +127,20 @@ class TextChunk:
 
 _DOCX_TYPE = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
 _CONTENT_TYPES: dict[str, Kind] = {
-    "text/plain": "txt",
-    "text/markdown": "md",
-    "text/x-markdown": "md",
-    "text/html": "html",
-    "application/xhtml+xml": "html",
-    "application/json": "json",
-    "application/x-ndjson": "json",
-    "application/jsonl": "json",
+    "text/plain": "txt", "text/markdown": "md", "text/x-markdown": "md",
+    "text/html": "html", "application/xhtml+xml": "html",
+    "application/json": "json", "application/x-ndjson": "json", "application/jsonl": "json",
     "application/x-jsonlines": "json",
-    "text/csv": "csv",
-    "application/csv": "csv",
-    "text/tab-separated-values": "csv",
-    "application/pdf": "pdf",
-    "application/x-pdf": "pdf",
+    "text/csv": "csv", "application/csv": "csv", "text/tab-separated-values": "csv",
+    "application/pdf": "pdf", "application/x-pdf": "pdf",
     _DOCX_TYPE: "docx",
-}
+}  # fmt: skip
 _EXTENSIONS: dict[str, Kind] = {
-    ".txt": "txt",
-    ".text": "txt",
-    ".log": "txt",
-    ".md": "md",
-    ".markdown": "md",
-    ".html": "html",
-    ".htm": "html",
-    ".xhtml": "html",
-    ".json": "json",
-    ".jsonl": "json",
-    ".ndjson": "json",
-    ".csv": "csv",
-    ".tsv": "csv",
-    ".pdf": "pdf",
-    ".docx": "docx",
-}
+    ".txt": "txt", ".text": "txt", ".log": "txt", ".md": "md", ".markdown": "md",
+    ".html": "html", ".htm": "html", ".xhtml": "html",
+    ".json": "json", ".jsonl": "json", ".ndjson": "json", ".csv": "csv", ".tsv": "csv",
+    ".pdf": "pdf", ".docx": "docx",
+}  # fmt: skip
 # Content types that say nothing about the format: the extension decides. text/plain
 # is weak too: browsers and SDKs send it for .md, .csv and .json alike.
 _GENERIC_TYPES = {"application/octet-stream", "binary/octet-stream", "application/unknown", ""}
@@ -186,18 +152,19 @@ _SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
     (0, b"\xff\xd8\xff", "a JPEG image"),
     (0, b"GIF87a", "a GIF image"),
     (0, b"GIF89a", "a GIF image"),
-    (8, b"WEBP", "a WebP image"),
+    (0, b"RIFF", "a RIFF media file (WebP, WAV, AVI)"),
     (0, b"II*\x00", "a TIFF image"),
     (0, b"MM\x00*", "a TIFF image"),
     (0, b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "a legacy Office document (.doc/.xls/.ppt)"),
     (0, b"{\\rtf", "an RTF document"),
     (0, b"\x1f\x8b", "a gzip archive"),
     (0, b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
-    (0, b"Rar!", "a RAR archive"),
+    (0, b"Rar!\x1a\x07", "a RAR archive"),
     (0, b"\x7fELF", "an ELF executable"),
-    (0, b"ID3", "an MP3 audio file"),
-    (0, b"OggS", "an Ogg media file"),
-    (4, b"ftyp", "an MP4/QuickTime media file"),
+    (0, b"ID3\x03", "an MP3 audio file"),
+    (0, b"ID3\x04", "an MP3 audio file"),
+    (0, b"OggS\x00", "an Ogg media file"),
+    (4, b"ftypisom", "an MP4 video"),
 )
 _SUPPORTED_LIST = "txt, md, html, json, jsonl, csv, tsv, pdf, docx"
 
@@ -388,21 +355,12 @@ def _is_json_lines(filename: str, content_type: str | None) -> bool:
 
 def _parse_json(text: str, filename: str, lines: bool) -> str:
     """JSON as indented "key: value" lines, so a search for a field's value finds it with
-    its name next to it. JSON Lines (or a .json holding one value per line): one block
-    per record."""
+    its name next to it. JSON Lines (or a .json holding one value per line) and a
+    top-level array: one block per record, a blank line between."""
     try:
-        if lines:
-            values = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
-            try:
-                values = [json.loads(text)]
-            except json.JSONDecodeError as exc:
-                # "Extra data" on line 2+: JSON Lines with a .json name, common enough.
-                if not exc.msg.startswith("Extra data"):
-                    raise
-                values = [json.loads(line) for line in text.splitlines() if line.strip()]
+        values = _json_values(text, lines)
         if len(values) == 1 and isinstance(values[0], list):
-            values = values[0]  # a top-level array of records: a block per record
+            values = values[0]
         blocks = []
         for value in values:
             out: list[str] = []
@@ -416,6 +374,26 @@ def _parse_json(text: str, filename: str, lines: bool) -> str:
     except RecursionError as exc:
         raise IngestError("invalid_file", f"{filename} is JSON nested too deeply.") from exc
     return _tidy("\n\n".join(blocks))
+
+
+def _json_values(text: str, lines: bool) -> list[object]:
+    if not lines:
+        try:
+            return [json.loads(text)]
+        except json.JSONDecodeError as exc:
+            # "Extra data" after a first value: JSON Lines under a .json name, common enough.
+            if not exc.msg.startswith("Extra data"):
+                raise
+    values = []
+    pos = 0
+    for line in text.splitlines(keepends=True):
+        if line.strip():
+            try:
+                values.append(json.loads(line))
+            except json.JSONDecodeError as exc:  # positioned in the file, not the line
+                raise json.JSONDecodeError(exc.msg, text, pos + exc.pos) from None
+        pos += len(line)
+    return values
 
 
 def _json_scalar(value: object) -> str:

@@ -214,7 +214,9 @@ def test_json_records_and_json_lines_are_blocks() -> None:
 
 def test_invalid_json_names_the_position() -> None:
     message = expect_error("invalid_file", b'{"a": 1,\n "b": }', "bad.json", "application/json")
-    assert "line 2" in message
+    assert "line 2 column 7" in message
+    records = b'{"a": 1}\n\n{"a": 2}\n{"a": }\n'
+    assert "line 4 column 7" in expect_error("invalid_file", records, "bad.jsonl")
 
 
 def test_csv_rows_as_header_value_lines() -> None:
