@@ -176,8 +176,7 @@ class _Sniffed:
 
 
 def _sniff(data: bytes) -> _Sniffed:
-    # The PDF header may follow up to 1 KB of junk (PDF 1.7, annex H).
-    if b"%PDF-" in data[:1024]:
+    if data.lstrip()[:5] == b"%PDF-":
         return _Sniffed(kind="pdf")
     if data[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
         return _sniff_zip(data)
@@ -243,6 +242,9 @@ def detect_kind(data: bytes, *, filename: str, content_type: str | None = None) 
             f"{filename} is {sniffed.binary}, which cannot be indexed. "
             f"Supported types: {_SUPPORTED_LIST}.",
         )
+    # Viewers accept a PDF header after up to 1 KB of junk; a text file may quote one.
+    if declared in (None, "pdf") and b"%PDF-" in data[:1024]:
+        return "pdf"
     if declared == "pdf":
         raise IngestError(
             "invalid_file",

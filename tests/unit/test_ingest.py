@@ -271,6 +271,9 @@ def test_detection_order() -> None:
     assert detect_kind(b"print(1)", filename="x.py", content_type="text/x-python") == "txt"
     assert detect_kind(b"plain", filename="noext", content_type=None) == "txt"
     assert detect_kind(b"<p>x</p>", filename="page", content_type="text/html") == "html"
+    quoting = b"# PDF notes\nA PDF starts with %PDF-1.7 and ends with %%EOF."
+    assert detect_kind(quoting, filename="notes.md", content_type=None) == "md"
+    assert detect_kind(b"junk\n%PDF-1.4 ...", filename="blob", content_type=None) == "pdf"
 
 
 def test_import_is_light() -> None:
