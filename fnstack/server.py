@@ -124,6 +124,7 @@ def guarded_protocol(cfg: ServerConfig) -> type[asyncio.Protocol]:
         _deadline = 0.0
         _phase = ""
         _peer: str | None = None
+        _began = False  # a request has begun on this connection
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -155,6 +156,7 @@ def guarded_protocol(cfg: ServerConfig) -> type[asyncio.Protocol]:
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
+            self._began = True
             if self._timer is None:  # a new request on a kept-alive connection
                 self._arm("head", cfg.header_timeout_s)
 
@@ -194,6 +196,11 @@ def guarded_protocol(cfg: ServerConfig) -> type[asyncio.Protocol]:
                 return
             if now < self._deadline:  # pushed back by body bytes since armed
                 self._timer = self.loop.call_at(self._deadline, self._check)
+                return
+            if not self._began:
+                # Opened and never used (a browser's preconnect): close it, as an idle
+                # keep-alive connection is closed, with nothing to answer.
+                self.transport.close()
                 return
             what = "request head" if self._phase == "head" else "request body"
             limit = cfg.header_timeout_s if self._phase == "head" else cfg.body_timeout_s

@@ -131,6 +131,15 @@ def test_half_sent_head_gets_408_within_the_header_timeout(served: FnstackServer
     assert HEAD_S - 0.2 < elapsed < HEAD_S + 2
 
 
+def test_a_connection_never_used_is_closed_within_the_header_timeout(
+    served: FnstackServer,
+) -> None:
+    start = time.monotonic()
+    sock = socket.create_connection(("127.0.0.1", served.port), timeout=15)
+    assert _read_until_closed(sock) == b""
+    assert time.monotonic() - start < HEAD_S + 2
+
+
 def test_content_length_longer_than_the_body_gets_408(served: FnstackServer) -> None:
     start = time.monotonic()
     sock = _raw(served.port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
