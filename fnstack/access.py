@@ -366,12 +366,20 @@ DEFAULT_RULES: tuple[AccessRule, ...] = (
         description="only admins register, change or delete models",
     ),
     AccessRule(
+        forbid=Scope(actions=_WRITE, resource="shield::*"),
+        description="only admins register or delete shields",
+    ),
+    AccessRule(
         forbid=Scope(actions=_WRITE, resource="key::*"),
         description="only admins create, change or revoke API keys",
     ),
     AccessRule(
         permit=Scope(actions=["read"], resource="model::*"),
         description="every principal may use (read) the registered models",
+    ),
+    AccessRule(
+        permit=Scope(actions=["read"], resource="shield::*"),
+        description="every principal may use (read) the registered shields",
     ),
     AccessRule(
         permit=Scope(actions=list(ACTIONS)),

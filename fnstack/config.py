@@ -89,8 +89,18 @@ class ModelInput(_Strict):
     metadata: dict[str, Any] = {}
 
 
+class ShieldInput(_Strict):
+    """A shield registered by the run config (``POST /v1/shields`` registers more)."""
+
+    shield_id: str = Field(min_length=1, max_length=256)
+    provider_id: str | None = None
+    provider_shield_id: str | None = None
+    params: dict[str, Any] = {}
+
+
 class RegisteredResources(_Strict):
     models: list[ModelInput] = []
+    shields: list[ShieldInput] = []
 
 
 class RegistryConfig(_Strict):

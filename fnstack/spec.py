@@ -74,7 +74,10 @@ CORE_APIS = frozenset({Api.models, Api.providers, Api.inspect, Api.keys})
 #   warmup:    ``async warmup()`` loads models now (the local server calls it at start)
 #   tokenizer: ``async tokenizer(model) -> tokenizers.Tokenizer`` the model's own tokenizer
 #              (token-aware chunking of documents for the model that embeds them)
-Hook = Literal["warmup", "tokenizer"]
+#   inference: ``bind_inference(chat)`` takes the function through which the provider
+#              calls a registered LLM (``chat(request) -> ChatCompletion``): the
+#              llm-judge safety provider classifies with any model the stack routes to
+Hook = Literal["warmup", "tokenizer", "inference"]
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,11 @@ from fnstack.api.inference import (
     StoredMessage,
 )
 from fnstack.errors import InvalidRequestError, NotFoundError
+from fnstack.guardrails import guarded
 from fnstack.records import GroupCommit, RecordStore
 from fnstack.services import Service, ServiceContext, ServiceSpec, StoreNeed
 from fnstack.services.inference import ChatStream, InferenceService
+from fnstack.services.safety import SafetyService
 from fnstack.spec import Api
 from fnstack.storage import Owner
 
@@ -39,15 +41,17 @@ MAX_LIST_LIMIT = 1000
 
 class ChatCompletionsService(Service):
     def __init__(self, inference: InferenceService, records: RecordStore | None,
-                 store_by_default: bool) -> None:
+                 store_by_default: bool, safety: SafetyService | None = None) -> None:
         self.inference = inference
+        self.safety = safety
         self.records = records
         self.store_default = store_by_default
 
     async def create(
         self, request: ChatCompletionRequest, user: Owner
     ) -> ChatCompletion | ChatStream:
-        result = await self.inference.chat_completion(request, user)
+        # Shields the request names (extra_body guardrails) run around the model call.
+        result = await guarded(self.safety, request, user, self.inference.chat_completion)
         store = self.records is not None and (
             request.store if request.store is not None else self.store_default
         )
@@ -214,7 +218,7 @@ async def _build(ctx: ServiceContext) -> ChatCompletionsService:
             max_list_limit=MAX_LIST_LIMIT,
         )
     return ChatCompletionsService(ctx.dep("inference", InferenceService), records,
-                                  cfg.store_by_default)
+                                  cfg.store_by_default, ctx.dep("safety", SafetyService))
 
 
 def _router() -> APIRouter:
@@ -228,7 +232,7 @@ spec = ServiceSpec(
     apis=(Api.inference,),
     factory=_build,
     router=_router,
-    depends=("inference",),
+    depends=("inference", "safety"),
     stores=(StoreNeed("inference", required=False),),
     description="chat completions, stored unless store=false, and their history",
 )

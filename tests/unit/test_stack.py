@@ -117,7 +117,7 @@ def test_admin_builds_no_provider(tmp_path: Path) -> None:
     inference = Stack(_config(tmp_path, providers=providers), [Api.inference])
     assert list(inference.providers) == ["up"]
     assert [s.name for s in inference.build_order] == [
-        "models", "inference", "chat_completions"]
+        "models", "inference", "safety", "chat_completions"]
 
 
 async def test_provider_missing_a_method_is_a_start_up_error(tmp_path: Path) -> None:
