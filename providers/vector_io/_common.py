@@ -5,11 +5,14 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable
+from typing import Any
 
-from fnstack.api.vector_io import Chunk, SearchMode
+from fnstack.api.vector_io import Chunk, CompoundFilter, Filter, SearchMode
 from fnstack.errors import InvalidRequestError
 
-__all__ = ["check_chunks", "check_index_id", "check_query", "terms", "unit"]
+__all__ = [
+    "check_chunks", "check_index_id", "check_query", "mongo_filter", "terms", "unit",
+]
 
 # Index ids become folder names, table names and remote index names: keep them plain.
 _INDEX_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
@@ -83,3 +86,32 @@ def unit(vector: list[float]) -> list[float]:
     """``vector`` scaled to length 1 (a zero vector stays zero)."""
     norm = math.sqrt(sum(v * v for v in vector))
     return [v / norm for v in vector] if norm > 0 else list(vector)
+
+
+def mongo_filter(flt: Filter) -> tuple[dict[str, Any], bool]:
+    """The Mongo-style metadata filter of S3 Vectors and Pinecone for ``flt``: a superset
+    of its matches, and whether it is exact.
+
+    Their $ne/$nin also match a vector without the key (OpenAI's: false), so those get
+    an ``$exists`` guard; their $gt/$gte/$lt/$lte take numbers only, so a string range
+    widens to ``$exists``. The caller re-checks every answer with `matches`.
+    """
+    if isinstance(flt, CompoundFilter):
+        parts = [mongo_filter(f) for f in flt.filters]
+        return ({f"${flt.type}": [p for p, _ in parts]}, all(exact for _, exact in parts))
+    key, want = flt.key, flt.value
+    exists = {key: {"$exists": True}}
+    if flt.type in ("in", "nin"):
+        values = want if isinstance(want, list) else [want]
+        if flt.type == "in":
+            return ({key: {"$in": values}}, True) if values else (exists, False)
+        return ({"$and": [exists, {key: {"$nin": values}}]} if values else exists), True
+    if isinstance(want, list):  # eq/ne against a list: no attribute equals a list
+        return exists, flt.type == "ne"
+    if flt.type == "eq":
+        return {key: {"$eq": want}}, True
+    if flt.type == "ne":
+        return {"$and": [exists, {key: {"$ne": want}}]}, True
+    if isinstance(want, int | float) and not isinstance(want, bool):
+        return {key: {f"${flt.type}": want}}, True
+    return exists, False  # strings (and booleans) are not ordered there

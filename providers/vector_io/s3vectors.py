@@ -44,14 +44,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from fnstack.api.vector_io import (
-    Chunk,
-    CompoundFilter,
-    Filter,
-    ScoredChunk,
-    SearchMode,
-    matches,
-)
+from fnstack.api.vector_io import Chunk, Filter, ScoredChunk, SearchMode, matches
 from fnstack.errors import (
     ConflictError,
     FnstackError,
@@ -60,7 +53,7 @@ from fnstack.errors import (
 )
 from fnstack.spec import Api, ProviderContext, ProviderModel, ProviderSpec
 from providers.inference._aws import create_client, map_aws_errors
-from providers.vector_io._common import check_chunks, check_index_id, check_query
+from providers.vector_io._common import check_chunks, check_index_id, check_query, mongo_filter
 
 __all__ = ["S3VectorsConfig", "S3VectorsProvider", "create", "spec"]
 
@@ -91,29 +84,6 @@ def index_name(prefix: str, index_id: str) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", index_id.lower()).strip("-")
     digest = hashlib.sha256(index_id.encode()).hexdigest()[:10]
     return f"{prefix}{slug}"[: 63 - 11].rstrip("-.") + f"-{digest}"
-
-
-def to_s3_filter(flt: Filter) -> tuple[dict[str, Any], bool]:
-    """S3 Vectors' filter for ``flt``: a superset of its matches, and whether exact."""
-    if isinstance(flt, CompoundFilter):
-        parts = [to_s3_filter(f) for f in flt.filters]
-        return ({f"${flt.type}": [p for p, _ in parts]}, all(exact for _, exact in parts))
-    key, want = flt.key, flt.value
-    exists = {key: {"$exists": True}}
-    if flt.type in ("in", "nin"):
-        values = want if isinstance(want, list) else [want]
-        if flt.type == "in":
-            return ({key: {"$in": values}}, True) if values else (exists, False)
-        return ({"$and": [exists, {key: {"$nin": values}}]} if values else exists), True
-    if isinstance(want, list):  # eq/ne against a list: no attribute equals a list
-        return exists, flt.type == "ne"
-    if flt.type == "eq":
-        return {key: {"$eq": want}}, True
-    if flt.type == "ne":
-        return {"$and": [exists, {key: {"$ne": want}}]}, True
-    if isinstance(want, int | float) and not isinstance(want, bool):
-        return {key: {f"${flt.type}": want}}, True
-    return exists, False  # strings (and booleans) have no order in S3 Vectors
 
 
 def _classify(code: str, message: str, response: dict[str, Any]) -> FnstackError | None:
@@ -237,7 +207,7 @@ class S3VectorsProvider:
         args: dict[str, Any] = {}
         exact = True
         if filters is not None:
-            args["filter"], exact = to_s3_filter(filters)
+            args["filter"], exact = mongo_filter(filters)
         found = await self._call(
             "query_vectors", indexName=self._name(index_id),
             topK=min(k, _MAX_TOP_K) if exact else _MAX_TOP_K,

@@ -34,7 +34,7 @@ from starlette.routing import Route
 
 from tests.support.eventstream import ThreadedServer, aws_error
 
-__all__ = ["FakeS3Vectors"]
+__all__ = ["ApiError", "FakeS3Vectors", "check_filter", "filter_matches"]
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _OPS = frozenset({"$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$exists"})
@@ -65,6 +65,70 @@ def _same(a: Any, b: Any) -> bool:
         return bool(a == b)
     return type(a) is type(b) and bool(a == b)
 
+# --- Mongo-style metadata filters, as S3 Vectors and Pinecone document them ---
+
+
+def check_filter(flt: Any, path: str, non_filterable: set[str] | frozenset[str] = frozenset()
+                 ) -> None:
+    """Raise a 400 for a filter the service refuses."""
+    if not isinstance(flt, dict) or not flt:
+        raise _invalid("filter must be a non-empty object", path)
+    for key, cond in flt.items():
+        if key in ("$and", "$or"):
+            if not isinstance(cond, list) or not cond:
+                raise _invalid(f"{key} takes a non-empty array", path)
+            for i, sub in enumerate(cond):
+                check_filter(sub, f"{path}/{key}/{i}", non_filterable)
+            continue
+        if key.startswith("$"):
+            raise _invalid(f"unknown operator {key}", path)
+        if key in non_filterable:
+            raise _invalid(f"metadata key {key} is not filterable", path)
+        ops = cond if isinstance(cond, dict) else {"$eq": cond}
+        for op, value in ops.items():
+            if op not in _OPS:
+                raise _invalid(f"unknown operator {op}", path)
+            if op in ("$gt", "$gte", "$lt", "$lte") and not _is_number(value):
+                raise _invalid(f"{op} takes a number", path)
+            if op in ("$in", "$nin") and not isinstance(value, list):
+                raise _invalid(f"{op} takes an array", path)
+            if op == "$exists" and not isinstance(value, bool):
+                raise _invalid("$exists takes a boolean", path)
+
+
+def filter_matches(flt: dict[str, Any], meta: dict[str, Any]) -> bool:
+    for key, cond in flt.items():
+        if key == "$and":
+            ok = all(filter_matches(f, meta) for f in cond)
+        elif key == "$or":
+            ok = any(filter_matches(f, meta) for f in cond)
+        else:
+            ops = cond if isinstance(cond, dict) else {"$eq": cond}
+            ok = all(_test(op, value, key in meta, meta.get(key)) for op, value in ops.items())
+        if not ok:
+            return False
+    return True
+
+
+def _test(op: str, want: Any, present: bool, have: Any) -> bool:
+    # An array attribute matches $eq/$in when any element does; $ne/$nin match a vector
+    # without the key.
+    items = have if isinstance(have, list) else [have]
+    if op == "$exists":
+        return present == want
+    if op == "$eq":
+        return present and any(_same(h, want) for h in items)
+    if op == "$ne":
+        return not present or not any(_same(h, want) for h in items)
+    if op == "$in":
+        return present and any(_same(h, w) for h in items for w in want)
+    if op == "$nin":
+        return not present or not any(_same(h, w) for h in items for w in want)
+    if not present or not _is_number(have):
+        return False
+    return bool({"$gt": have > want, "$gte": have >= want,
+                 "$lt": have < want, "$lte": have <= want}[op])
+
 
 class _Index:
     def __init__(self, bucket: str, name: str, body: dict[str, Any]) -> None:
@@ -90,65 +154,11 @@ class _Index:
                 "nonFilterableMetadataKeys": sorted(self.non_filterable)}
         return out
 
-    # --- filters, as the service documents them ---
-
-    def check_filter(self, flt: Any, path: str = "/filter") -> None:
-        if not isinstance(flt, dict) or not flt:
-            raise _invalid("filter must be a non-empty object", path)
-        for key, cond in flt.items():
-            if key in ("$and", "$or"):
-                if not isinstance(cond, list) or not cond:
-                    raise _invalid(f"{key} takes a non-empty array", path)
-                for i, sub in enumerate(cond):
-                    self.check_filter(sub, f"{path}/{key}/{i}")
-                continue
-            if key.startswith("$"):
-                raise _invalid(f"unknown operator {key}", path)
-            if key in self.non_filterable:
-                raise _invalid(f"metadata key {key} is not filterable", path)
-            ops = cond if isinstance(cond, dict) else {"$eq": cond}
-            for op, value in ops.items():
-                if op not in _OPS:
-                    raise _invalid(f"unknown operator {op}", path)
-                if op in ("$gt", "$gte", "$lt", "$lte") and not _is_number(value):
-                    raise _invalid(f"{op} takes a number", path)
-                if op in ("$in", "$nin") and not isinstance(value, list):
-                    raise _invalid(f"{op} takes an array", path)
-                if op == "$exists" and not isinstance(value, bool):
-                    raise _invalid("$exists takes a boolean", path)
+    def check_filter(self, flt: Any) -> None:
+        check_filter(flt, "/filter", self.non_filterable)
 
     def matches(self, flt: dict[str, Any], meta: dict[str, Any]) -> bool:
-        for key, cond in flt.items():
-            if key == "$and":
-                ok = all(self.matches(f, meta) for f in cond)
-            elif key == "$or":
-                ok = any(self.matches(f, meta) for f in cond)
-            else:
-                ops = cond if isinstance(cond, dict) else {"$eq": cond}
-                ok = all(self._test(op, value, key in meta, meta.get(key))
-                         for op, value in ops.items())
-            if not ok:
-                return False
-        return True
-
-    @staticmethod
-    def _test(op: str, want: Any, present: bool, have: Any) -> bool:
-        # An array attribute matches $eq/$in when any element does.
-        items = have if isinstance(have, list) else [have]
-        if op == "$exists":
-            return present == want
-        if op == "$eq":
-            return present and any(_same(h, want) for h in items)
-        if op == "$ne":
-            return not present or not any(_same(h, want) for h in items)
-        if op == "$in":
-            return present and any(_same(h, w) for h in items for w in want)
-        if op == "$nin":
-            return not present or not any(_same(h, w) for h in items for w in want)
-        if not present or not _is_number(have):
-            return False
-        return bool({"$gt": have > want, "$gte": have >= want,
-                     "$lt": have < want, "$lte": have <= want}[op])
+        return filter_matches(flt, meta)
 
     def check_vector(self, data: Any, path: str) -> list[float]:
         values = (data or {}).get("float32")

@@ -10,7 +10,8 @@ from pydantic import TypeAdapter
 
 from fnstack.api.vector_io import Chunk, Filter
 from fnstack.spec import ProviderContext
-from providers.vector_io.s3vectors import index_name, to_s3_filter
+from providers.vector_io._common import mongo_filter
+from providers.vector_io.s3vectors import index_name
 from tests.support.fake_s3vectors import FakeS3Vectors
 from tests.vector_io.conftest import open_spec
 
@@ -39,7 +40,7 @@ def test_index_names_fit_s3_vectors_rules() -> None:
      {"$or": [{"a": {"$eq": True}}, {"b": {"$exists": True}}]}, False),
 ])
 def test_filter_translation(raw: dict[str, Any], expected: dict[str, Any], exact: bool) -> None:
-    assert to_s3_filter(FILTER.validate_python(raw)) == (expected, exact)
+    assert mongo_filter(FILTER.validate_python(raw)) == (expected, exact)
 
 
 async def test_requests_on_the_wire(s3vectors_server: FakeS3Vectors) -> None:
@@ -47,16 +48,22 @@ async def test_requests_on_the_wire(s3vectors_server: FakeS3Vectors) -> None:
               "region": "us-east-1"}
     ctx = ProviderContext(provider_id="s3vectors", cache_dir=Path("/nonexistent"))
     provider: Any = await open_spec("remote::s3vectors", config, ctx)
+    name = index_name("fnstack-", "vs_wire")
+
+    def calls(operation: str) -> list[dict[str, Any]]:
+        return [b for op, b in s3vectors_server.calls
+                if op == operation and b.get("indexName") == name]
+
     try:
         await provider.create_index("vs_wire", 4)
-        create = next(b for op, b in s3vectors_server.calls if op == "CreateIndex")
+        [create] = calls("CreateIndex")
         assert create["distanceMetric"] == "cosine" and create["dimension"] == 4
         assert create["metadataConfiguration"]["nonFilterableMetadataKeys"] == [
             "fnstack_content", "fnstack_attributes"]
         await provider.insert("vs_wire", [
             Chunk(chunk_id=f"f:{n}", file_id="f", content="t", attributes={"n": n},
                   embedding=[1.0, n, 0.0, 0.0]) for n in range(1200)])
-        puts = [b for op, b in s3vectors_server.calls if op == "PutVectors"]
+        puts = calls("PutVectors")
         assert [len(b["vectors"]) for b in puts] == [500, 500, 200]
         flt = FILTER.validate_python({"type": "lt", "key": "n", "value": 3})
         res = await provider.query("vs_wire", mode="vector", k=2, embedding=[1.0, 0, 0, 0],
@@ -65,7 +72,7 @@ async def test_requests_on_the_wire(s3vectors_server: FakeS3Vectors) -> None:
         op, body = s3vectors_server.calls[-1]
         assert op == "QueryVectors" and body["topK"] == 2 and body["filter"] == {"n": {"$lt": 3}}
         await provider.delete_file("vs_wire", "f")  # 1200 chunks: 12 query+delete rounds
-        deletes = [b for op, b in s3vectors_server.calls if op == "DeleteVectors"]
+        deletes = calls("DeleteVectors")
         assert sum(len(b["keys"]) for b in deletes) == 1200
     finally:
         await provider.delete_index("vs_wire")
