@@ -370,18 +370,25 @@ def _make_server_class() -> type[Any]:
                 connection.shutdown()  # idle ones close now, busy ones after their answer
             tasks = self.server_state.tasks
             log.info("shutting down", extra={"in_flight": len(tasks), "grace_s": self.grace_s})
-            await _wait_for(tasks, self.grace_s)
+            await self._drain(self.grace_s)  # a second Ctrl-C cuts the grace short
             if tasks:
                 n = self.guard.expire()
                 log.warning("grace period over: ending in-flight requests",
                             extra={"requests": n, "grace_s": self.grace_s})
-                await _wait_for(tasks, 5.0)
+                await asyncio.wait(set(tasks), timeout=5.0)
                 for t in list(tasks):  # not behind the guard (e.g. stuck in uvicorn)
                     t.cancel()
             for connection in list(self.server_state.connections):
                 connection.transport.close()
             await self.lifespan.shutdown()  # providers close, stored writes are flushed
             log.info("stopped", extra={"seconds": round(time.monotonic() - started, 2)})
+
+        async def _drain(self, seconds: float) -> None:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + seconds
+            tasks = self.server_state.tasks
+            while tasks and not self.force_exit and (left := deadline - loop.time()) > 0:
+                await asyncio.wait(set(tasks), timeout=min(left, 0.2))
 
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             if not self.started:
@@ -410,11 +417,6 @@ def _make_server_class() -> type[Any]:
     return Server
 
 
-async def _wait_for(tasks: set[asyncio.Task[None]], seconds: float) -> None:
-    if tasks and seconds > 0:
-        await asyncio.wait(set(tasks), timeout=seconds)
-
-
 def serve(config: RunConfig, *, host: str, port: int, warmup: bool = True) -> None:
     """Bind, build the app, serve until SIGTERM/SIGINT, shut down cleanly."""
     import uvicorn
@@ -435,8 +437,7 @@ def serve(config: RunConfig, *, host: str, port: int, warmup: bool = True) -> No
         access_log=False,
         http=guarded_protocol(server_cfg),
         lifespan="on",
-        # The Server below owns the shutdown sequence; this is only uvicorn's backstop.
-        timeout_graceful_shutdown=int(server_cfg.shutdown_grace_s) + 10,
+        # (The Server below owns the shutdown sequence: no timeout_graceful_shutdown.)
         timeout_keep_alive=max(1, int(server_cfg.idle_timeout_s)),
     )
     server = _make_server_class()(uv_config)

@@ -426,6 +426,38 @@ def test_sigterm_finishes_or_cleanly_ends_in_flight_requests(
     assert contents.count("quick") == 2, contents
 
 
+def test_a_second_ctrl_c_cuts_the_grace_period_short(fake: FakeOpenAI, tmp_path: Path) -> None:
+    fake.reset()
+    config = tmp_path / "long-grace.yaml"
+    config.write_text(_write_config(tmp_path, fake).read_text().replace(
+        f"shutdown_grace_s: {GRACE_S}", "shutdown_grace_s: 60"))
+    fake.script("/v1/chat/completions", Reply(json=chat_json("slow"), delay=60.0))
+    result: list[Any] = []
+
+    def call() -> None:
+        r = httpx.post(f"{fn.base_url}/chat/completions", json={"model": MODEL, "messages": HI},
+                       timeout=60)
+        result.append((r.status_code, r.json()))
+
+    with FnstackServer(["run", str(config)], log_path=tmp_path / "server.log") as fn:
+        assert fn.proc is not None
+        caller = threading.Thread(target=call)
+        caller.start()
+        deadline = time.monotonic() + 10
+        while not any(r.path.endswith("/chat/completions") for r in fake.requests):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        start = time.monotonic()
+        fn.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        fn.proc.send_signal(signal.SIGINT)
+        assert fn.proc.wait(timeout=30) == 0
+        assert time.monotonic() - start < 8  # not the 60 s grace
+        caller.join(timeout=10)
+    assert result[0][0] == 503
+    assert result[0][1]["error"]["code"] == "server_shutting_down"
+
+
 @pytest.mark.slow
 def test_sigterm_while_models_load_exits_at_once(tmp_path: Path) -> None:
     # An empty cache: the embedding model is exported to ONNX at start (seconds to a
