@@ -19,6 +19,8 @@ import pytest
 from fnstack.api.vector_io import VectorIOProvider
 from fnstack.spec import ProviderContext, load_spec
 from fnstack.storage import LocalFSConfig, StorageConfig, StoreRef, Stores
+from tests.support.fake_pinecone import API_KEY as PINECONE_KEY
+from tests.support.fake_pinecone import FakePinecone
 from tests.support.fake_s3vectors import FakeS3Vectors
 from tests.support.pgserver import PgVectorServer
 
@@ -94,11 +96,25 @@ def _s3vectors(request: pytest.FixtureRequest) -> Callable[[], Awaitable[VectorI
     return lambda: open_spec("remote::s3vectors", config, ctx)
 
 
+@pytest.fixture(scope="session")
+def pinecone_server() -> Iterator[FakePinecone]:
+    with FakePinecone(dimension=8) as fake:  # the suite's DIM
+        yield fake
+
+
+def _pinecone(request: pytest.FixtureRequest) -> Callable[[], Awaitable[VectorIOProvider]]:
+    fake: FakePinecone = request.getfixturevalue("pinecone_server")
+    ctx = ProviderContext(provider_id="pinecone", cache_dir=Path("/nonexistent"))
+    config = {"api_key": PINECONE_KEY, "host": fake.url}
+    return lambda: open_spec("remote::pinecone", config, ctx)
+
+
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Callable[[], Awaitable[Any]]]] = {
     "inline": lambda request, tmp: _inline(tmp),
     "inline-blob": lambda request, tmp: _inline_blob(tmp),
     "pgvector": lambda request, tmp: _pgvector(request),
     "s3vectors": lambda request, tmp: _s3vectors(request),
+    "pinecone": lambda request, tmp: _pinecone(request),
 }
 
 
