@@ -1,0 +1,119 @@
+"""inline::vector specifics: the HNSW paths, a stale graph, the blob-store copy."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from fnstack.api.vector_io import Chunk, Filter, matches
+from fnstack.spec import ProviderContext
+from fnstack.storage import LocalFSConfig, StorageConfig, StoreRef, Stores
+from tests.vector_io.conftest import open_spec
+
+DIM = 16
+FILTER = TypeAdapter(Filter)
+
+
+def _chunks(n: int, seed: int = 0) -> list[Chunk]:
+    rng = random.Random(seed)
+    return [
+        Chunk(chunk_id=f"f{i % 10}:{i}", file_id=f"f{i % 10}", content=f"chunk {i}",
+              attributes={"n": i, "third": i % 3 == 0},
+              embedding=[rng.gauss(0, 1) for _ in range(DIM)])
+        for i in range(n)
+    ]
+
+
+def _exact(chunks: list[Chunk], q: list[float], k: int, flt: Any = None) -> list[str]:
+    def cos(a: list[float]) -> float:
+        dot = sum(x * y for x, y in zip(a, q, strict=True))
+        return dot / (sum(x * x for x in a) ** 0.5 * sum(y * y for y in q) ** 0.5)
+
+    ok = [c for c in chunks if matches(flt, c.attributes)]
+    return [c.chunk_id for c in sorted(ok, key=lambda c: -cos(c.embedding))[:k]]
+
+
+async def _inline(tmp: Path, **config: Any) -> Any:
+    ctx = ProviderContext(provider_id="inline", cache_dir=tmp)
+    return await open_spec("inline::vector", {"root": str(tmp / "vio"), **config}, ctx)
+
+
+async def test_filtered_paths_agree_with_exact(tmp_path: Path) -> None:
+    chunks = _chunks(600)
+    flt = FILTER.validate_python({"type": "eq", "key": "third", "value": True})
+    rng = random.Random(1)
+    queries = [[rng.gauss(0, 1) for _ in range(DIM)] for _ in range(10)]
+    # exact_below=0: every filtered query takes the oversampled HNSW path.
+    for config in ({}, {"exact_below": 0}):
+        p = await _inline(tmp_path / str(len(config)), **config)
+        await p.create_index("vs", DIM)
+        await p.insert("vs", chunks)
+        for q in queries:
+            got = [r.chunk_id for r in await p.query("vs", mode="vector", k=10, embedding=q,
+                                                       filters=flt)]
+            assert got == _exact(chunks, q, 10, flt)
+            got = [r.chunk_id for r in await p.query("vs", mode="vector", k=10, embedding=q)]
+            assert got == _exact(chunks, q, 10)
+        await p.shutdown()
+
+
+async def test_a_stale_graph_is_rebuilt(tmp_path: Path) -> None:
+    chunks = _chunks(100)
+    p = await _inline(tmp_path)
+    await p.create_index("vs", DIM)
+    await p.insert("vs", chunks)
+    await p.shutdown()
+    # As if the process died between the SQLite commit and the graph's save.
+    (tmp_path / "vio" / "vs" / "vectors.gen").write_text("0")
+    p = await _inline(tmp_path)
+    q = chunks[7].embedding
+    assert [r.chunk_id for r in await p.query("vs", mode="vector", k=3, embedding=q)] == \
+        _exact(chunks, q, 3)
+    await p.shutdown()
+    assert (tmp_path / "vio" / "vs" / "vectors.gen").read_text() == "1"
+
+
+async def test_concurrent_writes_and_reads(tmp_path: Path) -> None:
+    chunks = _chunks(200)
+    p = await _inline(tmp_path)
+    await p.create_index("vs", DIM)
+    await asyncio.gather(
+        *(p.insert("vs", chunks[i : i + 20]) for i in range(0, 200, 20)),
+        *(p.query("vs", mode="keyword", k=5, text="chunk") for _ in range(10)),
+    )
+    assert len(await p.query("vs", mode="vector", k=500, embedding=chunks[0].embedding)) == 200
+    await p.shutdown()
+
+
+async def test_blob_store_copy_is_shared_and_pruned(tmp_path: Path) -> None:
+    stores = Stores(StorageConfig(
+        backends={"b": LocalFSConfig(type="blob_localfs", root=str(tmp_path / "blobs"))},
+        stores={"vio": StoreRef(backend="b", prefix="vio/")},
+    ))
+    ctx = ProviderContext(provider_id="inline", cache_dir=tmp_path, stores=stores)
+
+    async def function(name: str) -> Any:  # one Lambda instance: its own /tmp
+        config = {"root": str(tmp_path / name), "blob_store": "vio", "sync_interval_s": 0}
+        return await open_spec("inline::vector", config, ctx)
+
+    writer, reader = await function("writer"), await function("reader")
+    chunks = _chunks(30)
+    await writer.create_index("vs", DIM)
+    await writer.insert("vs", chunks[:20])
+    q = chunks[25].embedding
+    assert len(await reader.query("vs", mode="vector", k=100, embedding=q)) == 20
+    await writer.insert("vs", chunks[20:])
+    await writer.delete_file("vs", "f0")
+    got = await reader.query("vs", mode="vector", k=100, embedding=q)  # takes the new generation
+    assert len(got) == 27 and got[0].chunk_id == chunks[25].chunk_id
+    keys = sorted(i.key for i in await stores.blob("vio").list("vs/"))
+    assert keys == ["vs/g3.sqlite", "vs/g3.usearch", "vs/manifest.json"]  # older ones pruned
+    await reader.delete_index("vs")
+    assert await stores.blob("vio").list("vs/") == []
+    await writer.shutdown()
+    await reader.shutdown()
+    await stores.close()
