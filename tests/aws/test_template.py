@@ -24,6 +24,7 @@ FUNCTION_APIS = {
     "ModelsFunction": [Api.models],
     "InferenceFunction": [Api.inference],
     "FilesFunction": [Api.files],
+    "SafetyFunction": [Api.safety],
 }
 CORE_ROUTES_FUNCTION = "AdminFunction"  # /v1/health and /v1/version live in every app
 CATCH_ALL = "/{proxy+}"
