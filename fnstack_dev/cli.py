@@ -263,9 +263,9 @@ def gateway(port: int, host: str, concurrency: int, template_path: str, build_di
     overrides = _pairs(env_pairs)
 
     # uvicorn re-raises SIGTERM after its graceful shutdown; exiting through SystemExit
-    # instead runs the atexit hooks that stop every child (functions, moto).
+    # instead unwinds: the functions stop, emulated AWS saves its data (--data-dir) and
+    # stops, and the atexit hook kills any child left.
     def _exit(*_: Any) -> None:
-        kill_children()
         sys.exit(0)
 
     signal.signal(signal.SIGTERM, _exit)
@@ -281,7 +281,11 @@ def gateway(port: int, host: str, concurrency: int, template_path: str, build_di
             images = _images(source, bundle, resolver, extra, overrides, concurrency)
             functions.update(images)
             routes += [r for name in images for r in source.function(name).routes]
-        app = Gateway(template, functions, routes=routes)
+        missing = sorted({r.function for r in routes} - set(functions))
+        if missing:
+            click.echo(f"note: no route to {', '.join(missing)} (container image; run the "
+                       "built bundle to get its stand-in)", err=True)
+        app = Gateway(template, functions, routes=[r for r in routes if r.function in functions])
         if bundle is None:
             try:
                 for name in sorted({r.function for r in app.routes}):
@@ -314,7 +318,7 @@ def gateway(port: int, host: str, concurrency: int, template_path: str, build_di
             asyncio.run(serve())
         finally:
             app.close()
-            kill_children()
+    kill_children()
 
 
 def _logical(value: Any) -> str | None:

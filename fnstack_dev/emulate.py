@@ -14,9 +14,11 @@ talks to the same shapes `sam deploy` creates — over real HTTP, through boto3.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -146,6 +148,16 @@ class MotoServer:
         self._log.close()
 
 
+def _b64(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray):
+        return {"__b64__": base64.b64encode(value).decode()}
+    raise TypeError(f"cannot save {type(value).__name__}")
+
+
+def _unb64(value: dict[str, Any]) -> Any:
+    return base64.b64decode(value["__b64__"]) if set(value) == {"__b64__"} else value
+
+
 class EmulatedAws:
     """A `MotoServer` holding the template's DynamoDB tables, S3 buckets and SQS queues."""
 
@@ -176,6 +188,8 @@ class EmulatedAws:
         self.server.__enter__()
         try:
             self.create_resources()
+            if self.data_dir is not None:
+                self.restore(self.data_dir)
         except BaseException:
             self.server.__exit__(None, None, None)
             raise
@@ -183,7 +197,52 @@ class EmulatedAws:
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.server.__exit__(t, e, tb)
+        try:
+            if self.data_dir is not None:
+                self.save(self.data_dir)
+        finally:
+            self.server.__exit__(t, e, tb)
+
+    # --- persistence (--data-dir): table items and bucket objects, not queue messages ----
+
+    def save(self, data_dir: Path) -> None:
+        """Write every table's items and every bucket's objects under ``data_dir``."""
+        ddb, s3 = self.client("dynamodb"), self.client("s3")
+        for logical in self.template.of_type("AWS::DynamoDB::Table"):
+            out = data_dir / "dynamodb" / f"{logical}.jsonl"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_suffix(".tmp")
+            with tmp.open("w") as f:
+                for page in ddb.get_paginator("scan").paginate(TableName=self.refs[logical]):
+                    for item in page.get("Items", []):
+                        f.write(json.dumps(item, default=_b64) + "\n")
+            tmp.replace(out)
+        for logical in self.template.of_type("AWS::S3::Bucket"):
+            folder = data_dir / "s3" / logical
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            index: dict[str, str] = {}
+            pages = s3.get_paginator("list_objects_v2").paginate(Bucket=self.refs[logical])
+            for n, obj in enumerate(o for page in pages for o in page.get("Contents", [])):
+                name = f"{n:08d}"
+                s3.download_file(self.refs[logical], obj["Key"], str(folder / name))
+                index[name] = obj["Key"]
+            (folder / "index.json").write_text(json.dumps(index))
+
+    def restore(self, data_dir: Path) -> None:
+        """Load what ``save`` wrote (the resources exist already, empty)."""
+        ddb, s3 = self.client("dynamodb"), self.client("s3")
+        for logical in self.template.of_type("AWS::DynamoDB::Table"):
+            path = data_dir / "dynamodb" / f"{logical}.jsonl"
+            if path.is_file():
+                for line in path.read_text().splitlines():
+                    ddb.put_item(TableName=self.refs[logical],
+                                 Item=json.loads(line, object_hook=_unb64))
+        for logical in self.template.of_type("AWS::S3::Bucket"):
+            folder = data_dir / "s3" / logical
+            if (folder / "index.json").is_file():
+                for name, key in json.loads((folder / "index.json").read_text()).items():
+                    s3.upload_file(str(folder / name), self.refs[logical], key)
 
     # --- resources, in dependency order: queues that others redrive to come first --------
 
