@@ -59,7 +59,7 @@ from fnstack.errors import (
     PreconditionFailedError,
     ServiceUnavailableError,
 )
-from fnstack.jobs import JobQueue
+from fnstack.jobs import JobQueue, LocalJobQueue
 from fnstack.records import RecordPage, RecordStore, authorize
 from fnstack.routing import RoutingEntry
 from fnstack.services import Service, ServiceContext, ServiceSpec, StoreNeed
@@ -533,15 +533,48 @@ class VectorStoresService(Service):
 
     # --- ingestion (jobs) ----------------------------------------------------------------
 
+    async def start(self) -> None:
+        """Locally, jobs live in this process's memory: resume what a killed server left
+        in progress. (On AWS the queue keeps them and SQS redelivers.)"""
+        if isinstance(self.jobs, LocalJobQueue):
+            self._recovery = asyncio.create_task(self._resume_unfinished())
+
+    async def _resume_unfinished(self) -> None:
+        cursor: str | None = None
+        resumed = 0
+        while True:
+            page = await self.kv.list("vsf:", limit=1000, after=cursor)
+            for r in page.records:
+                if r.value["status"] == "in_progress":
+                    assert self.jobs is not None
+                    # No worker of this process holds it yet: a lease left behind was
+                    # a dead server's.
+                    await self.jobs.submit("vector_stores.ingest", {
+                        "vector_store_id": r.value["vector_store_id"],
+                        "file_id": r.value["id"], "reclaim": True})
+                    resumed += 1
+            if not page.has_more:
+                break
+            cursor = page.last_cursor
+        if resumed:
+            log.info("resuming unfinished indexing", extra={"files": resumed})
+
+    async def close(self) -> None:
+        task = getattr(self, "_recovery", None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
     async def run_job(self, name: str, args: dict[str, Any]) -> None:
         if name != "ingest":
             raise InvalidRequestError(f"unknown vector_stores job {name!r}")
-        await self.ingest(str(args["vector_store_id"]), str(args["file_id"]))
+        await self.ingest(str(args["vector_store_id"]), str(args["file_id"]),
+                          reclaim=bool(args.get("reclaim")))
 
-    async def ingest(self, vs_id: str, file_id: str) -> None:
+    async def ingest(self, vs_id: str, file_id: str, *, reclaim: bool = False) -> None:
         """Index one file of one store: idempotent, resumable, one worker at a time."""
         vs_rec = await self.kv.get(f"vs:{vs_id}")
-        claimed = await self._claim(vs_id, file_id)
+        claimed = await self._claim(vs_id, file_id, reclaim=reclaim)
         if vs_rec is None or claimed is None:
             return  # deleted, finished, cancelled, or (retried later) leased elsewhere
         vs = vs_rec.value
@@ -611,12 +644,13 @@ class VectorStoresService(Service):
             return ingest.hf_tokenizer(await provider.tokenizer(entry.provider_resource_id))
         return ingest.whitespace_tokenizer()
 
-    async def _claim(self, vs_id: str, file_id: str) -> KVRecord | None:
+    async def _claim(self, vs_id: str, file_id: str, *, reclaim: bool = False
+                     ) -> KVRecord | None:
         key = f"vsf:{vs_id}:{file_id}"
         rec = await self.kv.get(key)
         if rec is None or rec.value["status"] != "in_progress":
             return None
-        if float(rec.value.get("lease_until") or 0) > time.time():
+        if not reclaim and float(rec.value.get("lease_until") or 0) > time.time():
             # Another worker holds it: fail this delivery so it is retried after the
             # lease (SQS visibility), unless that worker finishes first.
             raise ServiceUnavailableError(f"{file_id} is being indexed by another worker")
