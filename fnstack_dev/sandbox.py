@@ -137,7 +137,7 @@ def mount_namespaces() -> bool:
 
     with tempfile.TemporaryDirectory() as empty:
         probe = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
-                 'mount --bind "$0" /opt', empty]
+                 'mount --bind "$0" /opt && mount -o remount,bind,ro /opt', empty]
         return subprocess.run(probe, capture_output=True).returncode == 0
 
 
@@ -311,8 +311,10 @@ class _Instance:
         if self.bundle.isolation != "mount" or not self.spec.layers:
             return argv
         opt = str(self.bundle.opt_dir(self.spec.name, self.spec.layers))
+        # Read-only, as Lambda's /opt: nothing (a .pyc cache) can be written there.
         return ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
-                'mount --bind "$0" /opt && exec "$@"', opt, *argv]
+                'mount --bind "$0" /opt && mount -o remount,bind,ro /opt && exec "$@"',
+                opt, *argv]
 
     @property
     def alive(self) -> bool:
@@ -536,6 +538,7 @@ class FunctionPool:
         self.bundle = bundle
         self.cold_starts = 0
         self.invocations = 0
+        self.last_init_ms = 0.0  # the latest cold start's init duration
         self._idle: list[_Instance] = []
         self._all: set[_Instance] = set()
         self._slots: asyncio.Semaphore | None = None
@@ -558,6 +561,7 @@ class FunctionPool:
             self._release(instance, keep=False)
             raise
         self.cold_starts += 1
+        self.last_init_ms = instance.init_ms
         return instance, True
 
     def _release(self, instance: _Instance, *, keep: bool) -> None:

@@ -316,3 +316,24 @@ def test_load_secrets_reads_secrets_manager() -> None:
                 else:
                     os.environ[k] = v
     assert load_secrets({"FNSTACK_OPENAI_API_KEY_SECRET_ARN": ""}) == []
+
+
+def test_gpu_path_is_a_sagemaker_endpoint_under_a_condition() -> None:
+    # Defect 4: the same image on a GPU instance, reached through remote::sagemaker.
+    cfn = _cfn(GpuImageUri="123456789012.dkr.ecr.us-east-1.amazonaws.com/fnstack:gpu",
+               GpuInstanceType="ml.g6.xlarge")
+    res = cfn["Resources"]
+    assert res["GpuEndpoint"]["Condition"] == "WithGpuEndpoint"
+    (variant,) = res["GpuEndpointConfig"]["Properties"]["ProductionVariants"]
+    assert variant["InstanceType"] == {"Ref": "GpuInstanceType"}
+    container = res["GpuModel"]["Properties"]["PrimaryContainer"]
+    assert container["Environment"]["FNSTACK_DEVICE"] == "cuda"
+    props, policies = _function(cfn, "InferenceFunction")
+    env = json.dumps(props["Environment"]["Variables"]["FNSTACK_SAGEMAKER_ENDPOINT"])
+    assert "GpuEndpoint" in env and "sagemaker:InvokeEndpointWithResponseStream" in policies
+    assert "WithGpuEndpoint" in json.dumps(cfn["Conditions"]["WithSageMaker"])
+    # Without the parameter nothing is created (conditions hold every GPU resource).
+    gpu = [n for n, r in res.items() if n.startswith("Gpu")]
+    assert gpu and all(res[n].get("Condition") == "WithGpuEndpoint" for n in gpu)
+    dockerfile = (TEMPLATE.parent / "functions/inference_image/Dockerfile").read_text()
+    assert "ARG TORCH_INDEX=" in dockerfile
