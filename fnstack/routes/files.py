@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from fnstack.api.files import CompleteUploadRequest, CreateUploadRequest, ExpiresAfter
+from fnstack.api.files import PURPOSES, CompleteUploadRequest, CreateUploadRequest, ExpiresAfter
 from fnstack.errors import InvalidRequestError, PayloadTooLargeError
 from fnstack.routes import json_response, principal, service
 from fnstack.services.files import FilesService
@@ -129,7 +129,22 @@ def _expires_after(form: FormData) -> ExpiresAfter | None:
             param="expires_after") from None
 
 
-@router.post("/v1/files", response_model=None)
+def _multipart_schema(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    # The body is parsed by hand (streamed): describe it for the OpenAPI document.
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {
+        "schema": {"type": "object", "properties": properties, "required": required}}}}}
+
+
+_FILE_BODY = _multipart_schema({
+    "file": {"type": "string", "format": "binary"},
+    "purpose": {"type": "string", "enum": list(PURPOSES)},
+    "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
+    "expires_after[seconds]": {"type": "integer", "minimum": 3600, "maximum": 2592000},
+}, ["file", "purpose"])
+_PART_BODY = _multipart_schema({"data": {"type": "string", "format": "binary"}}, ["data"])
+
+
+@router.post("/v1/files", response_model=None, openapi_extra=_FILE_BODY)
 async def create_file(request: Request) -> Response:
     files = await _files(request)
     user = principal(request)
@@ -202,7 +217,7 @@ async def create_upload(body: CreateUploadRequest, request: Request) -> Response
     return json_response(await files.create_upload(body, principal(request)))
 
 
-@router.post("/v1/uploads/{upload_id}/parts", response_model=None)
+@router.post("/v1/uploads/{upload_id}/parts", response_model=None, openapi_extra=_PART_BODY)
 async def add_upload_part(upload_id: str, request: Request) -> Response:
     files = await _files(request)
     user = principal(request)
