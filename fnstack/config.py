@@ -152,6 +152,10 @@ class FilesConfig(_Strict):
     max_part_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
     # An upload not completed this long after its creation expires (OpenAI: an hour).
     upload_ttl_s: int = Field(default=3600, ge=1)
+    # File content larger than this is answered with a redirect to a short-lived URL of
+    # the blob store (S3: presigned), where it has one; None: always streamed. On AWS a
+    # response passes through Lambda's 6 MB (binary content base64-encoded).
+    redirect_content_bytes: int | None = Field(default=None, ge=0)
 
 
 class LoggingConfig(_Strict):

@@ -64,6 +64,8 @@ BLOB_STORE = "files"
 MAX_LIST_LIMIT = 1000
 # OpenAI keeps batch files 30 days unless told otherwise; the others until deleted.
 BATCH_EXPIRY_S = 30 * 24 * 3600
+# How long a redirect to a file's content stays valid.
+REDIRECT_TTL_S = 300
 _PART_ID = re.compile(r"^part_[0-9a-f]{28}$")
 
 
@@ -195,9 +197,21 @@ class FilesService(Service):
             chunks = await self.blobs.stream(file_id)
         except NotFoundError:
             raise _no_file(file_id) from None
-        return FileContent(_file(rec.value),
-                           rec.value.get("content_type") or "application/octet-stream",
-                           chunks)
+        return FileContent(_file(rec.value), _content_type(rec.value), chunks)
+
+    async def content_url(self, file_id: str, user: Owner) -> str | None:
+        """A presigned URL for content past ``files.redirect_content_bytes`` (AWS: more
+        than a function may answer), where the blob store has such URLs; else None."""
+        threshold = self.limits.redirect_content_bytes
+        if threshold is None:
+            return None
+        rec = await self._get(file_id, user)
+        file = _file(rec.value)
+        if file.bytes <= threshold:
+            return None
+        return await self.blobs.download_url(file_id, expires_s=REDIRECT_TTL_S,
+                                             content_type=_content_type(rec.value),
+                                             filename=file.filename)
 
     async def delete(self, file_id: str, user: Owner) -> FileDeleted:
         await self._get(file_id, user)
@@ -419,6 +433,10 @@ async def _limited(data: AsyncIterator[bytes], limit: int, what: str, setting: s
 def _expired(value: dict[str, Any], now: float) -> bool:
     expires = value.get("expires_at")
     return expires is not None and expires <= now
+
+
+def _content_type(value: dict[str, Any]) -> str:
+    return value.get("content_type") or "application/octet-stream"
 
 
 def _file(value: dict[str, Any]) -> FileObject:

@@ -505,6 +505,14 @@ class BlobStore(ABC):
         self._check_key(key)
         return await self._delete(key)
 
+    async def download_url(self, key: str, *, expires_s: int, content_type: str,
+                           filename: str) -> str | None:
+        """A URL serving the object directly for ``expires_s`` seconds, with that content
+        type and as an attachment named ``filename`` (S3: a presigned GET); None where
+        the store has none (a local folder), and the caller streams the object."""
+        self._check_key(key)
+        return None
+
     async def list(self, prefix: str = "") -> list[BlobInfo]:
         """Every object under ``prefix``, in key order."""
         return sorted(await self._list(prefix), key=lambda b: b.key)

@@ -17,6 +17,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import suppress
 from typing import TYPE_CHECKING, Literal, ParamSpec, TypeVar
+from urllib.parse import quote
 
 from fnstack.errors import FnstackError, InternalError, NotFoundError, PayloadTooLargeError
 from fnstack.storage._aws import call, shared_client, translate_client_error
@@ -181,6 +182,23 @@ class S3BlobStore(BlobStore):
 
         infos = await asyncio.gather(*(head(key) for key in keys))
         return [info for info in infos if info is not None]  # deleted while listing
+
+    async def download_url(self, key: str, *, expires_s: int, content_type: str,
+                           filename: str) -> str | None:
+        self._check_key(key)
+        # Signed locally with the function's credentials: no request to S3 here.
+        disposition = f"attachment; filename*=UTF-8''{quote(filename, safe='')}"
+        url: str = self._client.generate_presigned_url(
+            "get_object",
+            Params={
+                "Bucket": self.bucket,
+                "Key": self._object(key),
+                "ResponseContentType": content_type,
+                "ResponseContentDisposition": disposition,
+            },
+            ExpiresIn=expires_s,
+        )
+        return url
 
     # --- multipart -------------------------------------------------------------------
 
