@@ -337,3 +337,21 @@ def test_gpu_path_is_a_sagemaker_endpoint_under_a_condition() -> None:
     assert gpu and all(res[n].get("Condition") == "WithGpuEndpoint" for n in gpu)
     dockerfile = (TEMPLATE.parent / "functions/inference_image/Dockerfile").read_text()
     assert "ARG TORCH_INDEX=" in dockerfile
+
+
+def test_every_function_log_group_has_a_retention_and_alarms_exist() -> None:
+    cfn = _cfn(AlarmEmail="ops@example.com")
+    res = cfn["Resources"]
+    functions = [n for n, r in res.items() if r["Type"] == "AWS::Lambda::Function"]
+    (logs,) = [n for n, r in res.items() if r["Type"] == "AWS::Logs::LogGroup"]
+    assert res[logs]["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+    for name in functions:
+        config = res[name]["Properties"]["LoggingConfig"]
+        assert config["LogGroup"] == {"Ref": logs}, f"{name} logs without a retention"
+    alarms = {n: r["Properties"] for n, r in res.items() if r["Type"] == "AWS::CloudWatch::Alarm"}
+    metrics = {a["MetricName"] for a in alarms.values()}
+    assert {"5XXError", "Throttles", "ApproximateNumberOfMessagesVisible", "Duration"} <= metrics
+    assert all("AlarmTopic" in json.dumps(a["AlarmActions"]) for a in alarms.values())
+    api_name = next(a for a in alarms.values() if a["MetricName"] == "5XXError")["Dimensions"][0]
+    rest_api = next(r for r in res.values() if r["Type"] == "AWS::ApiGateway::RestApi")
+    assert rest_api["Properties"]["Name"] == api_name["Value"]
