@@ -323,17 +323,23 @@ async def test_streaming_auto_text_streams_as_content(provider: ReferenceProvide
 # -- continuous batching: constrained rows next to free ones ------------------------------
 
 
-def test_mask_touches_only_constrained_rows(provider: ReferenceProvider) -> None:
+# float32 on CPU takes the numpy path; any other dtype (bf16 on CUDA) the torch one.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mask_touches_only_constrained_rows(
+    provider: ReferenceProvider, dtype: torch.dtype
+) -> None:
     engine = provider._engine
     assert engine is not None
     grammar = json_grammar({"type": "object"})
     matcher = engine.grammars.matcher(grammar)
     masker = TokenMasker(engine.args.vocab_size, 4)
-    logits = torch.randn(3, engine.args.vocab_size)
+    logits = torch.randn(3, engine.args.vocab_size, dtype=dtype)
     before = logits.clone()
     masker.apply(logits, [1], [matcher])
     assert torch.equal(logits[0], before[0]) and torch.equal(logits[2], before[2])
-    allowed = torch.isfinite(logits[1]).nonzero().flatten().tolist()
+    finite = torch.isfinite(logits[1])
+    assert torch.equal(logits[1][finite], before[1][finite])  # allowed ones unchanged
+    allowed = finite.nonzero().flatten().tolist()
     # At the start of a JSON object only tokens starting with "{" are allowed.
     texts = {engine.decode([t]) for t in allowed}
     assert texts and all(t.startswith("{") for t in texts), sorted(texts)[:10]
