@@ -8,20 +8,27 @@ docs/vector_io.md):
   queries (Okapi BM25, k1=1.2, b=0.75). Filters become SQL over ``json_each``, typed as
   OpenAI's reference semantics say (`fnstack.api.vector_io.matches`).
 - ``vectors.usearch``: a usearch HNSW graph over the embeddings, keyed by the chunk's
-  SQLite rowid - a derived structure. ``vectors.gen`` names the SQLite generation it was
-  saved at; on open a graph of another generation is rebuilt from SQLite, so a crash
-  between the two writes costs a rebuild, never a wrong answer.
+  SQLite rowid - a derived structure. ``vectors.gen`` names the SQLite generation (its
+  *tag*: number + random suffix) it was saved at; on open a graph of another tag is
+  rebuilt from SQLite, so a crash between the two writes costs a rebuild, never a wrong
+  answer.
 
 Filtered vector queries take the exact path (numpy over the matching rows' embeddings)
 when at most ``exact_below`` chunks match, otherwise HNSW with an oversampled ``k``
 post-filtered by the matching rowids.
 
 With ``blob_store`` set (S3 on AWS), the folder is a cache and the blob store holds the
-index: every write uploads ``g<generation>.sqlite`` and ``g<generation>.usearch`` and
-then ``manifest.json`` naming them, so a reader never sees half an index; a function
-that opens an index (cold start), or finds the manifest moved on (checked at most every
-``sync_interval_s``), downloads the generation the manifest names. One writer per index
-at a time (the ingestion worker), as the vector stores service arranges.
+index: a write uploads ``<tag>.sqlite`` and ``<tag>.usearch``, then moves the index's
+*manifest* (the current tag) to them, then deletes the generation it replaced, so a
+reader never sees half an index. A function that opens an index (cold start), or finds
+the manifest moved on (checked at most every ``sync_interval_s``; always before a
+write), downloads the generation the manifest names.
+
+The manifest lives in ``manifest_store`` (a kv store: DynamoDB on AWS) when set, and is
+then moved with a conditional write: a function that loses the race to another writer
+drops its upload, takes the winner's generation and applies its change again, so
+concurrent ingestion into one index loses nothing. Without it the manifest is a blob
+(``manifest.json``) and the last writer wins: one writer per index at a time.
 
 Example run config::
 
@@ -31,7 +38,8 @@ Example run config::
           provider_type: inline::vector
           config:
             root: ${env.FNSTACK_HOME:=~/.fnstack}/local/vector_io
-            # on AWS: root: /tmp/vector_io and blob_store: vector_io (a store in storage.stores)
+            # on AWS: root: /tmp/vector_io, blob_store: vector_io (a blob store) and
+            # manifest_store: vector_io_manifests (a kv store), both in storage.stores
 """
 
 from __future__ import annotations
@@ -43,7 +51,8 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,13 +70,14 @@ from fnstack.errors import (
     ConflictError,
     InvalidRequestError,
     NotFoundError,
+    PreconditionFailedError,
     ServiceUnavailableError,
 )
 from fnstack.spec import Api, ProviderContext, ProviderModel, ProviderSpec
 from providers.vector_io._common import check_chunks, check_index_id, check_query, terms
 
 if TYPE_CHECKING:
-    from fnstack.storage.base import BlobStore
+    from fnstack.storage.base import BlobStore, KVStore
 
 __all__ = ["InlineVectorIOConfig", "InlineVectorIOProvider", "create", "spec"]
 
@@ -105,6 +115,12 @@ class InlineVectorIOConfig(BaseModel):
     blob_store: str | None = Field(
         default=None, description="Blob store (storage.stores) that holds the indexes, e.g. S3"
     )
+    manifest_store: str | None = Field(
+        default=None,
+        description="Kv store (storage.stores) for each index's pointer to its current "
+        "files: conditional writes let concurrent writers (functions) retry, not overwrite",
+    )
+    write_attempts: int = Field(default=5, ge=1, le=50)
     sync_interval_s: float = Field(
         default=2.0, ge=0, description="How often a reader checks the blob store for new writes"
     )
@@ -126,9 +142,11 @@ class _Index:
         self.db.executescript(_SCHEMA)
         self.dimension = int(self._meta("dimension") or 0)
         self.graph: Any = None
-        self.graph_gen = -1
+        self.graph_tag = ""
         self.lock = asyncio.Lock()
         self.synced_at = time.monotonic()
+        # The version of the manifest record this copy came from (blob store mode).
+        self.manifest_version: int | None = None
 
     # --- state ---
 
@@ -139,10 +157,15 @@ class _Index:
     def generation(self) -> int:
         return int(self._meta("generation") or 0)
 
+    def tag(self) -> str:
+        """Names this generation's contents: two writers' generation N differ in tag."""
+        return self._meta("tag") or "0"
+
     def init(self, dimension: int) -> None:
         with self.db:
             self.db.execute("INSERT OR IGNORE INTO meta VALUES ('dimension', ?)", (dimension,))
             self.db.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
+            self.db.execute("INSERT OR IGNORE INTO meta VALUES ('tag', ?)", (_new_tag(0),))
         self.dimension = int(self._meta("dimension") or 0)
 
     def _new_graph(self) -> Any:
@@ -161,12 +184,12 @@ class _Index:
         """The HNSW graph of the current SQLite generation: loaded, or rebuilt and saved."""
         import numpy as np
 
-        gen = self.generation()
-        if self.graph is not None and self.graph_gen == gen:
+        tag = self.tag()
+        if self.graph is not None and self.graph_tag == tag:
             return self.graph
         graph = self._new_graph()
         path, marker = self.folder / "vectors.usearch", self.folder / "vectors.gen"
-        if path.is_file() and marker.is_file() and marker.read_text().strip() == str(gen):
+        if path.is_file() and marker.is_file() and marker.read_text().strip() == tag:
             graph.load(str(path))
         else:  # absent or stale (a crash between the two writes): rebuild from SQLite
             rows = self.db.execute("SELECT id, embedding FROM chunks").fetchall()
@@ -175,20 +198,20 @@ class _Index:
                 vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32)
                 graph.add(keys, vecs.reshape(len(rows), self.dimension))
             self.graph = graph
-            self._save_graph(gen)
-        self.graph, self.graph_gen = graph, gen
+            self._save_graph(tag)
+        self.graph, self.graph_tag = graph, tag
         return graph
 
-    def _save_graph(self, gen: int) -> None:
+    def _save_graph(self, tag: str) -> None:
         tmp = self.folder / "vectors.usearch.tmp"
         self.graph.save(str(tmp))
         os.replace(tmp, self.folder / "vectors.usearch")
-        (self.folder / "vectors.gen").write_text(str(gen))
-        self.graph_gen = gen
+        (self.folder / "vectors.gen").write_text(tag)
+        self.graph_tag = tag
 
     # --- writes ---
 
-    def insert(self, chunks: list[Chunk]) -> None:
+    def insert(self, chunks: list[Chunk]) -> bool:
         import numpy as np
 
         graph = self.ensure_graph()
@@ -214,30 +237,34 @@ class _Index:
                     (cid, c.file_id, c.content, json.dumps(c.attributes), vecs[i].tobytes()),
                 )
                 new.append(int(cur.lastrowid or 0))
-            gen = self._bump()
+            tag = self._bump()
         for key in old:
             graph.remove(key)
         if new:
             graph.add(np.array(new, dtype=np.uint64), vecs)
-        self._save_graph(gen)
+        self._save_graph(tag)
+        return True
 
-    def delete_file(self, file_id: str) -> None:
+    def delete_file(self, file_id: str) -> bool:
         graph = self.ensure_graph()
         with self.db:
             old = [r[0] for r in self.db.execute(
                 "SELECT id FROM chunks WHERE file_id = ?", (file_id,))]
             if not old:
-                return
+                return False
             self.db.execute("DELETE FROM chunks WHERE file_id = ?", (file_id,))
-            gen = self._bump()
+            tag = self._bump()
         for key in old:
             graph.remove(key)
-        self._save_graph(gen)
+        self._save_graph(tag)
+        return True
 
-    def _bump(self) -> int:
+    def _bump(self) -> str:
         gen = self.generation() + 1
+        tag = _new_tag(gen)
         self.db.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (str(gen),))
-        return gen
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES ('tag', ?)", (tag,))
+        return tag
 
     # --- reads ---
 
@@ -378,11 +405,16 @@ class InlineVectorIOProvider:
     search_modes: frozenset[SearchMode] = frozenset({"vector", "keyword"})
 
     def __init__(
-        self, config: InlineVectorIOConfig, root: Path, blobs: BlobStore | None
+        self,
+        config: InlineVectorIOConfig,
+        root: Path,
+        blobs: BlobStore | None,
+        manifests: KVStore | None = None,
     ) -> None:
         self.config = config
         self.root = root
         self.blobs = blobs
+        self.manifests = manifests
         self._open: dict[str, _Index] = {}
         self._opening = asyncio.Lock()
 
@@ -397,8 +429,11 @@ class InlineVectorIOProvider:
         async with index.lock:
             if index.dimension == 0:
                 await asyncio.to_thread(index.init, dimension)
-                await self._publish(index_id, index)
-            elif index.dimension != dimension:
+                try:
+                    await self._publish(index_id, index, previous=None)
+                except PreconditionFailedError:  # created meanwhile elsewhere: take that one
+                    await self._refresh(index_id, index, force=True)
+            if index.dimension != dimension:
                 raise ConflictError(
                     f"index {index_id!r} exists with dimension {index.dimension}, "
                     f"not {dimension}"
@@ -412,6 +447,8 @@ class InlineVectorIOProvider:
             async with index.lock:
                 await asyncio.to_thread(index.close)
         await asyncio.to_thread(shutil.rmtree, self.root / index_id, True)
+        if self.manifests is not None:
+            await self.manifests.delete(index_id)
         if self.blobs is not None:
             for info in await self.blobs.list(f"{index_id}/"):
                 await self.blobs.delete(info.key)
@@ -421,19 +458,31 @@ class InlineVectorIOProvider:
         check_chunks(chunks, index.dimension)
         if not chunks:
             return
-        async with index.lock:
-            await self._refresh(index_id, index, force=True)
-            await asyncio.to_thread(index.insert, chunks)
-            await self._publish(index_id, index)
+        await self._write(index_id, index, lambda: index.insert(chunks))
 
     async def delete_file(self, index_id: str, file_id: str) -> None:
         index = await self._get(index_id)
+        await self._write(index_id, index, lambda: index.delete_file(file_id))
+
+    async def _write(self, index_id: str, index: _Index, apply: Callable[[], bool]) -> None:
+        """Apply a change to the latest generation and publish it. With a manifest store,
+        a writer that lost the race to another function takes that one's generation and
+        applies its change again (optimistic concurrency)."""
         async with index.lock:
-            await self._refresh(index_id, index, force=True)
-            before = index.generation()
-            await asyncio.to_thread(index.delete_file, file_id)
-            if index.generation() != before:
-                await self._publish(index_id, index)
+            for _ in range(self.config.write_attempts):
+                await self._refresh(index_id, index, force=True)
+                previous = await asyncio.to_thread(index.tag)
+                if not await asyncio.to_thread(apply) or self.blobs is None:
+                    return
+                try:
+                    await self._publish(index_id, index, previous=previous)
+                    return
+                except PreconditionFailedError:
+                    continue
+        raise ServiceUnavailableError(
+            f"vector index {index_id!r} is being written by other functions; retry",
+            headers={"retry-after": "1"},
+        )
 
     async def query(
         self,
@@ -472,7 +521,9 @@ class InlineVectorIOProvider:
             if index is not None:
                 return index
             folder = self.root / index_id
-            manifest = await self._manifest(index_id) if self.blobs is not None else None
+            manifest, version = (None, None)
+            if self.blobs is not None:
+                manifest, version = await self._manifest(index_id)
             if manifest is not None:
                 await self._download(index_id, folder, manifest)
             elif not (folder / "chunks.sqlite").is_file() and not create:
@@ -482,16 +533,21 @@ class InlineVectorIOProvider:
             if index.dimension == 0 and not create:  # a half-created folder
                 await asyncio.to_thread(index.close)
                 raise NotFoundError(f"vector index {index_id!r} not found", param="index_id")
+            index.manifest_version = version
             self._open[index_id] = index
             return index
 
-    async def _manifest(self, index_id: str) -> dict[str, Any] | None:
+    async def _manifest(self, index_id: str) -> tuple[dict[str, Any] | None, int | None]:
+        """The manifest naming the current generation, and its record version."""
+        if self.manifests is not None:
+            record = await self.manifests.get(index_id)
+            return (None, None) if record is None else (record.value, record.version)
         assert self.blobs is not None
         try:
             data: dict[str, Any] = json.loads(await self.blobs.get(f"{index_id}/manifest.json"))
         except NotFoundError:
-            return None
-        return data
+            return None, None
+        return data, None
 
     async def _refresh(self, index_id: str, index: _Index, *, force: bool = False) -> None:
         """Take a newer generation another function wrote (blob store mode only)."""
@@ -501,16 +557,17 @@ class InlineVectorIOProvider:
         if not force and now - index.synced_at < self.config.sync_interval_s:
             return
         index.synced_at = now
-        manifest = await self._manifest(index_id)
+        manifest, version = await self._manifest(index_id)
         if manifest is None:
             raise NotFoundError(f"vector index {index_id!r} not found", param="index_id")
-        if int(manifest["generation"]) == await asyncio.to_thread(index.generation):
+        index.manifest_version = version
+        if manifest["tag"] == await asyncio.to_thread(index.tag):
             return
         await asyncio.to_thread(index.close)
         await self._download(index_id, index.folder, manifest)
         fresh = await asyncio.to_thread(_Index, index.folder, self.config)
-        index.db, index.dimension, index.graph, index.graph_gen = (
-            fresh.db, fresh.dimension, None, -1)
+        index.db, index.dimension, index.graph, index.graph_tag = (
+            fresh.db, fresh.dimension, None, "")
 
     async def _download(self, index_id: str, folder: Path, manifest: dict[str, Any]) -> None:
         for _ in range(3):
@@ -519,7 +576,7 @@ class InlineVectorIOProvider:
             except NotFoundError:
                 # A writer published a newer generation and dropped this one while we
                 # read it: follow the manifest again.
-                fresh = await self._manifest(index_id)
+                fresh, _ = await self._manifest(index_id)
                 if fresh is None:
                     raise NotFoundError(
                         f"vector index {index_id!r} not found", param="index_id"
@@ -533,48 +590,69 @@ class InlineVectorIOProvider:
         self, index_id: str, folder: Path, manifest: dict[str, Any]
     ) -> None:
         assert self.blobs is not None
-        gen = int(manifest["generation"])
-        if await asyncio.to_thread(_local_generation, folder) == gen:
+        tag = str(manifest["tag"])
+        if await asyncio.to_thread(_local_tag, folder) == tag:
             return
         await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
         for name, target in (("sqlite", "chunks.sqlite"), ("usearch", "vectors.usearch")):
             tmp = folder / f"{target}.download"
             out = await asyncio.to_thread(tmp.open, "wb")
             try:
-                async for part in await self.blobs.stream(f"{index_id}/g{gen}.{name}"):
+                async for part in await self.blobs.stream(f"{index_id}/{tag}.{name}"):
                     await asyncio.to_thread(out.write, part)
             finally:
                 await asyncio.to_thread(out.close)
             await asyncio.to_thread(os.replace, tmp, folder / target)
-        await asyncio.to_thread((folder / "vectors.gen").write_text, str(gen))
+        await asyncio.to_thread((folder / "vectors.gen").write_text, tag)
 
-    async def _publish(self, index_id: str, index: _Index) -> None:
-        """Upload this generation, then point the manifest at it, then drop older ones."""
+    async def _publish(self, index_id: str, index: _Index, *, previous: str | None) -> None:
+        """Upload this generation, point the manifest at it, drop the one it replaced.
+
+        With a manifest store the pointer moves only from the version this copy was read
+        at (PreconditionFailedError otherwise, after removing what was uploaded)."""
         if self.blobs is None:
             return
-        gen = await asyncio.to_thread(index.generation)
+        tag = await asyncio.to_thread(index.tag)
         await asyncio.to_thread(index.ensure_graph)
-        for name, source in (("sqlite", "chunks.sqlite"), ("usearch", "vectors.usearch")):
-            await self.blobs.put(f"{index_id}/g{gen}.{name}", _read_file(index.folder / source))
-        manifest = {"generation": gen, "dimension": index.dimension}
-        await self.blobs.put(f"{index_id}/manifest.json", json.dumps(manifest).encode(),
-                             content_type="application/json")
-        keep = {f"{index_id}/g{gen}.sqlite", f"{index_id}/g{gen}.usearch",
-                f"{index_id}/manifest.json"}
-        for info in await self.blobs.list(f"{index_id}/"):
-            if info.key not in keep:
-                await self.blobs.delete(info.key)
+        keys = [f"{index_id}/{tag}.sqlite", f"{index_id}/{tag}.usearch"]
+        for key, source in zip(keys, ("chunks.sqlite", "vectors.usearch"), strict=True):
+            await self.blobs.put(key, _read_file(index.folder / source))
+        manifest = {"tag": tag, "generation": await asyncio.to_thread(index.generation),
+                    "dimension": index.dimension}
+        if self.manifests is not None:
+            try:
+                if index.manifest_version is None:
+                    record = await self.manifests.put(index_id, manifest, if_absent=True)
+                else:
+                    record = await self.manifests.put(
+                        index_id, manifest, if_version=index.manifest_version)
+            except PreconditionFailedError:
+                for key in keys:  # never referenced: another function published first
+                    await self.blobs.delete(key)
+                raise
+            index.manifest_version = record.version
+        else:
+            await self.blobs.put(f"{index_id}/manifest.json", json.dumps(manifest).encode(),
+                                 content_type="application/json")
+        if previous is not None and previous != tag:
+            # Readers still loading it follow the manifest again (see _download).
+            for name in ("sqlite", "usearch"):
+                await self.blobs.delete(f"{index_id}/{previous}.{name}")
 
 
-def _local_generation(folder: Path) -> int | None:
+def _new_tag(generation: int) -> str:
+    return f"g{generation}-{uuid.uuid4().hex[:8]}"
+
+
+def _local_tag(folder: Path) -> str | None:
     if not (folder / "chunks.sqlite").is_file():
         return None
     try:
         with contextlib.closing(sqlite3.connect(folder / "chunks.sqlite")) as db:
-            row = db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+            row = db.execute("SELECT value FROM meta WHERE key = 'tag'").fetchone()
     except sqlite3.Error:  # a half-written or foreign file: download again
         return None
-    return None if row is None else int(row[0])
+    return None if row is None else str(row[0])
 
 
 async def _read_file(path: Path, size: int = 1 << 20) -> AsyncIterator[bytes]:
@@ -596,16 +674,24 @@ async def create(config: InlineVectorIOConfig, ctx: ProviderContext) -> InlineVe
         raise ConfigError(
             "inline::vector needs usearch and numpy: pip install 'fnstack[vector]'", path="root"
         ) from exc
-    blobs = None
-    if config.blob_store is not None:
-        if ctx.stores is None or not ctx.stores.has(config.blob_store):
-            raise ConfigError(
-                f"blob_store {config.blob_store!r} is not a store in storage.stores",
-                path="blob_store",
-            )
-        blobs = ctx.stores.blob(config.blob_store)
+    blobs = manifests = None
+    for name, field in ((config.blob_store, "blob_store"),
+                        (config.manifest_store, "manifest_store")):
+        if name is not None and (ctx.stores is None or not ctx.stores.has(name)):
+            raise ConfigError(f"{field} {name!r} is not a store in storage.stores", path=field)
+    try:
+        if config.blob_store is not None:
+            assert ctx.stores is not None
+            blobs = ctx.stores.blob(config.blob_store)
+        if config.manifest_store is not None:
+            assert ctx.stores is not None
+            if blobs is None:
+                raise ConfigError("manifest_store needs blob_store", path="manifest_store")
+            manifests = ctx.stores.kv(config.manifest_store)
+    except KeyError as exc:  # a store of the wrong family
+        raise ConfigError(str(exc.args[0]), path="blob_store") from exc
     root = await asyncio.to_thread(_make_root, config.root)
-    return InlineVectorIOProvider(config, root, blobs)
+    return InlineVectorIOProvider(config, root, blobs, manifests)
 
 
 spec = ProviderSpec(

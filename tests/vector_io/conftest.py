@@ -18,7 +18,7 @@ import pytest
 
 from fnstack.api.vector_io import VectorIOProvider
 from fnstack.spec import ProviderContext, load_spec
-from fnstack.storage import LocalFSConfig, StorageConfig, StoreRef, Stores
+from fnstack.storage import KVSqliteConfig, LocalFSConfig, StorageConfig, StoreRef, Stores
 from tests.support.fake_pinecone import API_KEY as PINECONE_KEY
 from tests.support.fake_pinecone import FakePinecone
 from tests.support.fake_s3vectors import FakeS3Vectors
@@ -51,15 +51,19 @@ def _inline(tmp: Path) -> Callable[[], Awaitable[VectorIOProvider]]:
 def _inline_blob(tmp: Path) -> Callable[[], Awaitable[VectorIOProvider]]:
     # Every open gets a fresh local folder: what survives lives in the blob store only,
     # as for a Lambda function whose /tmp is new at each cold start.
+    # As on AWS: index files in the blob store, their pointers in the kv store.
     stores = Stores(StorageConfig(
-        backends={"blobs": LocalFSConfig(type="blob_localfs", root=str(tmp / "blobs"))},
-        stores={"vector_io": StoreRef(backend="blobs", prefix="vector_io/")},
+        backends={"blobs": LocalFSConfig(type="blob_localfs", root=str(tmp / "blobs")),
+                  "kv": KVSqliteConfig(type="kv_sqlite", db_path=str(tmp / "kv.db"))},
+        stores={"vector_io": StoreRef(backend="blobs", prefix="vector_io/"),
+                "manifests": StoreRef(backend="kv", namespace="vector_io")},
     ))
 
     async def opener() -> VectorIOProvider:
         root = tmp / f"tmp-{uuid.uuid4().hex[:8]}"
         ctx = ProviderContext(provider_id="inline", cache_dir=tmp / "cache", stores=stores)
-        config = {"root": str(root), "blob_store": "vector_io", "sync_interval_s": 0}
+        config = {"root": str(root), "blob_store": "vector_io", "manifest_store": "manifests",
+                  "sync_interval_s": 0}
         provider: VectorIOProvider = await open_spec("inline::vector", config, ctx)
         return provider
 

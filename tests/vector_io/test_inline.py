@@ -11,7 +11,7 @@ from pydantic import TypeAdapter
 
 from fnstack.api.vector_io import Chunk, Filter, matches
 from fnstack.spec import ProviderContext
-from fnstack.storage import LocalFSConfig, StorageConfig, StoreRef, Stores
+from fnstack.storage import KVSqliteConfig, LocalFSConfig, StorageConfig, StoreRef, Stores
 from tests.vector_io.conftest import open_spec
 
 DIM = 16
@@ -74,7 +74,7 @@ async def test_a_stale_graph_is_rebuilt(tmp_path: Path) -> None:
     assert [r.chunk_id for r in await p.query("vs", mode="vector", k=3, embedding=q)] == \
         _exact(chunks, q, 3)
     await p.shutdown()
-    assert (tmp_path / "vio" / "vs" / "vectors.gen").read_text() == "1"
+    assert (tmp_path / "vio" / "vs" / "vectors.gen").read_text().startswith("g1-")
 
 
 async def test_concurrent_writes_and_reads(tmp_path: Path) -> None:
@@ -110,10 +110,43 @@ async def test_blob_store_copy_is_shared_and_pruned(tmp_path: Path) -> None:
     await writer.delete_file("vs", "f0")
     got = await reader.query("vs", mode="vector", k=100, embedding=q)  # takes the new generation
     assert len(got) == 27 and got[0].chunk_id == chunks[25].chunk_id
-    keys = sorted(i.key for i in await stores.blob("vio").list("vs/"))
-    assert keys == ["vs/g3.sqlite", "vs/g3.usearch", "vs/manifest.json"]  # older ones pruned
+    keys = sorted(i.key.split("-")[0] for i in await stores.blob("vio").list("vs/"))
+    assert keys == ["vs/g3", "vs/g3", "vs/manifest.json"]  # older generations pruned
     await reader.delete_index("vs")
     assert await stores.blob("vio").list("vs/") == []
     await writer.shutdown()
     await reader.shutdown()
+    await stores.close()
+
+
+async def test_concurrent_writers_with_a_manifest_store(tmp_path: Path) -> None:
+    """Two functions ingesting into one index at once: with the kv manifest store a
+    writer that loses the race takes the other's generation and applies its change
+    again, so no write is lost."""
+    stores = Stores(StorageConfig(
+        backends={"b": LocalFSConfig(type="blob_localfs", root=str(tmp_path / "blobs")),
+                  "kv": KVSqliteConfig(type="kv_sqlite", db_path=str(tmp_path / "kv.db"))},
+        stores={"vio": StoreRef(backend="b", prefix="vio/"),
+                "ptr": StoreRef(backend="kv", namespace="vio")},
+    ))
+    ctx = ProviderContext(provider_id="inline", cache_dir=tmp_path, stores=stores)
+
+    async def function(name: str) -> Any:
+        config = {"root": str(tmp_path / name), "blob_store": "vio", "manifest_store": "ptr",
+                  "sync_interval_s": 0, "write_attempts": 50}
+        return await open_spec("inline::vector", config, ctx)
+
+    a, b = await function("a"), await function("b")
+    await a.create_index("vs", DIM)
+    await b.create_index("vs", DIM)  # exists: no-op on the shared index
+    chunks = _chunks(80)
+    await asyncio.gather(*(
+        (a if i % 2 else b).insert("vs", chunks[i * 10 : i * 10 + 10]) for i in range(8)))
+    for p in (a, b):
+        got = await p.query("vs", mode="vector", k=100, embedding=chunks[0].embedding)
+        assert len(got) == 80
+    keys = [i.key for i in await stores.blob("vio").list("vs/")]
+    assert len(keys) == 2  # one generation's two files; losers cleaned up their uploads
+    await a.shutdown()
+    await b.shutdown()
     await stores.close()
