@@ -27,7 +27,8 @@ from fnstack.api.inference import (
 )
 from fnstack.errors import InvalidRequestError
 from fnstack.spec import ProviderContext
-from providers.inference.llama.constrained import TokenMasker
+from providers.inference.llama import SamplingParams
+from providers.inference.llama.constrained import GrammarError, TokenMasker
 from providers.inference.llama.gguf_loader import default_cache_dir
 from providers.inference.llama.structured import (
     ArgumentsDelta,
@@ -355,6 +356,32 @@ async def test_free_and_constrained_requests_share_a_batch(provider: ReferencePr
     assert not free_text.lstrip().startswith("{")
     assert free_text.split()[:3] == (alone.choices[0].message.content or "").split()[:3]
     jsonschema.validate(json.loads(together[1].choices[0].message.content or ""), SCHEMAS[0][1])
+
+
+async def test_engine_stops_when_the_grammar_is_complete(provider: ReferenceProvider) -> None:
+    from llguidance import LLMatcher
+
+    engine = provider._engine
+    assert engine is not None
+    prompt = engine.apply_chat_template([{"role": "user", "content": "Pick a number."}])
+    grammar = LLMatcher.grammar_from_regex("[0-9]{3}")
+    deltas = [d async for d in engine.generate(
+        prompt, SamplingParams(grammar=grammar, max_tokens=50, temperature=1.0, seed=1))]
+    text = "".join(d.text for d in deltas)
+    assert len(text) == 3 and text.isdigit()
+    # Ended by the grammar itself: no end-of-turn token had to be sampled.
+    assert deltas[-1].finish_reason == "stop"
+    usage = deltas[-1].usage
+    assert usage is not None and usage.completion_tokens == len(engine.encode(text))
+
+
+def test_engine_rejects_a_bad_grammar_at_once(provider: ReferenceProvider) -> None:
+    from llguidance import LLMatcher
+
+    engine = provider._engine
+    assert engine is not None
+    with pytest.raises(GrammarError):
+        engine.generate("hi", SamplingParams(grammar=LLMatcher.grammar_from_lark("start: (")))
 
 
 # -- the stream parser alone -------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 Shaped like Meta's llama-models: ``args.py`` (hyper-parameters), ``model.py`` (the
 math), ``tokenizer.py``, ``chat_format.py``, ``generation.py`` (sampling and the
-continuous-batching engine), plus ``gguf_loader.py`` (weights from a GGUF file).
+continuous-batching engine), plus ``gguf_loader.py`` (weights from a GGUF file),
+``constrained.py`` (llguidance grammars masking the logits) and ``structured.py``
+(JSON / tool-call grammars and the streaming tool-call parser).
 
 Usage, from async code (the provider)::
 
@@ -22,6 +24,11 @@ Usage, from async code (the provider)::
         delta.usage                     # Usage(prompt_tokens, completion_tokens) on the last
     await engine.close()
 
+* ``SamplingParams(grammar=...)`` (an llguidance grammar, e.g.
+  ``structured.json_grammar(schema)``) constrains every sampled token; the sequence
+  ends with "stop" as soon as the grammar is complete. Compile new grammars off the
+  event loop first: ``await asyncio.to_thread(engine.grammars.prepare, grammar)``
+  (``GrammarError``, a ValueError, when it does not compile; cached after).
 * ``generate()`` validates eagerly: ``ContextLengthError`` when the prompt fills the
   context window (``engine.args.max_seq_len``), ``ValueError`` for bad parameters.
   Generation past the window is clamped (finish_reason ``"length"``).
@@ -48,6 +55,7 @@ from __future__ import annotations
 
 from .args import ModelArgs
 from .chat_format import ChatTemplateError
+from .constrained import GrammarError
 from .generation import (
     ContextLengthError,
     Engine,
@@ -64,6 +72,7 @@ __all__ = [
     "Engine",
     "EngineClosedError",
     "GenerationDelta",
+    "GrammarError",
     "ModelArgs",
     "SamplingParams",
     "TokenLogprob",
