@@ -13,6 +13,7 @@ function or layer, still needs `sam build`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -54,7 +55,28 @@ def _built_template(source: Template, build_dir: Path) -> None:
     (build_dir / "template.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
 
 
+def _stamp(root: Path) -> str:
+    """A hash of everything refresh_code copies: nothing changed, nothing to do."""
+    digest = hashlib.sha256()
+    files = [root / "template.yaml", root / "pyproject.toml"]
+    for folder in ("fnstack", "providers", "functions"):
+        files += sorted(p for p in (root / folder).rglob("*")
+                        if p.is_file() and "__pycache__" not in p.parts)
+    for path in files:
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def refresh_code(root: Path, build_dir: Path, *, python: str | None = None) -> None:
+    stamp_file = build_dir / ".fnstack-code-stamp"
+    stamp = _stamp(root)
+    if stamp_file.is_file() and stamp_file.read_text() == stamp:
+        return
+    _refresh(root, build_dir, python)
+    stamp_file.write_text(stamp)
+
+
+def _refresh(root: Path, build_dir: Path, python: str | None) -> None:
     source = load_template(root / "template.yaml")
     _built_template(source, build_dir)
     built = load_template(build_dir / "template.yaml")
@@ -76,13 +98,29 @@ def refresh_code(root: Path, build_dir: Path, *, python: str | None = None) -> N
             check=True)
         fresh = Path(tmp)
         for layer in layers:
-            for old in list(layer.iterdir()):
-                if old.name in _PROJECT or (old.name.startswith("fnstack-")
-                                            and old.name.endswith(".dist-info")):
-                    shutil.rmtree(old)
+            # Each package is swapped in by renames: an instance starting meanwhile sees
+            # the old or the new one, never half of either.
             for new in fresh.iterdir():
-                if new.name not in _NOT_SHIPPED:
-                    shutil.copytree(new, layer / new.name, dirs_exist_ok=True)
+                if new.name in _NOT_SHIPPED:
+                    continue
+                staged = layer / f".{new.name}.new"
+                shutil.rmtree(staged, ignore_errors=True)
+                shutil.copytree(new, staged)
+                old = layer / f".{new.name}.old"
+                shutil.rmtree(old, ignore_errors=True)
+                if (layer / new.name).exists():
+                    (layer / new.name).rename(old)
+                staged.rename(layer / new.name)
+                shutil.rmtree(old, ignore_errors=True)
+            for stale in layer.glob("fnstack-*.dist-info"):
+                if not (fresh / stale.name).exists():
+                    shutil.rmtree(stale)
+            # As layers/Makefile: bytecode, since /opt is read-only on Lambda.
+            subprocess.run(
+                [python or find_python312(), "-m", "compileall", "-q", "-j", "0",
+                 "--invalidation-mode", "unchecked-hash",
+                 *(str(layer / name) for name in _PROJECT if (layer / name).is_dir())],
+                check=True)
 
 
 if __name__ == "__main__":

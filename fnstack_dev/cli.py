@@ -195,14 +195,19 @@ def invoke(function_id: str, event_path: str, template_path: str, build_dir: str
     from fnstack_dev.sandbox import FunctionError, Streamed, kill_children
 
     template, bundle = _bundle_template(template_path, build_dir, from_source)
+    source = _load(template_path) if bundle is not None and Path(template_path).is_file() \
+        else None
+    image = (source is not None and function_id not in template.functions
+             and function_id in source.functions
+             and source.function(function_id).package_type == "Image")
     try:
-        fn = template.function(function_id)
+        fn = (source if image and source else template).function(function_id)
     except TemplateError as exc:
         _fail(str(exc))
         return
-    if fn.package_type != "Zip":
-        _fail(f"{function_id} is a container image function: build and run its image, or "
-              "invoke it through `sam local invoke` where Docker runs")
+    if fn.package_type != "Zip" and not image:
+        _fail(f"{function_id} is a container image function: run the built bundle (its "
+              "stand-in), or `sam local invoke` where Docker runs")
     try:
         raw = sys.stdin.read() if event_path == "-" else Path(event_path).read_text()
         event = json.loads(raw)
@@ -211,8 +216,11 @@ def invoke(function_id: str, event_path: str, template_path: str, build_dir: str
         return
     overrides = _pairs(env_pairs)
     with _aws(template, emulate_aws, Path(data_dir) if data_dir else None) as (resolver, extra, _):
-        env = function_env(template, function_id, resolver, extra, overrides)
-        functions = _functions(template, bundle, {function_id: env}, concurrency=1)
+        if image and source is not None:
+            functions = _images(source, bundle, resolver, extra, overrides, concurrency=1)
+        else:
+            env = function_env(template, function_id, resolver, extra, overrides)
+            functions = _functions(template, bundle, {function_id: env}, concurrency=1)
         if function_id not in functions:
             _fail(f"{function_id} has no Python handler in {template.path.name}")
         function = functions[function_id]

@@ -125,3 +125,20 @@ def test_s3_object_created_reaches_the_worker(gateway: tuple[str, Path]) -> None
     text = log.read_text()
     assert "Function: BatchWorkerFunction" in text
     assert "dropped batch.jsonl" in text and "ignored.jsonl" not in text
+
+
+def test_the_bundled_model_answers_through_the_image_function(gateway: tuple[str, Path]) -> None:
+    # Defect 3: the image function has a route; here its stand-in (no Docker) serves it.
+    base, log = gateway
+    body = {"model": "SmolLM2-135M-Instruct", "max_tokens": 6, "stream": True,
+            "messages": [{"role": "user", "content": "Say hello"}]}
+    chunks = 0
+    with httpx.stream("POST", f"{base}/prod/image/v1/chat/completions", json=body,
+                      headers=AUTH, timeout=240) as r:
+        assert r.status_code == 200, r.read()[:500]
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                assert json.loads(line[6:])["model"] == "SmolLM2-135M-Instruct"
+                chunks += 1
+    assert chunks >= 2
+    assert "Function: InferenceImageFunction" in log.read_text()
