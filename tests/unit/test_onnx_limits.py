@@ -21,7 +21,6 @@ from providers.inference.onnx_embeddings import (
     OnnxEmbeddingsProvider,
     bundled_model_dir,
     create,
-    default_cache_dir,
     default_graph_path,
     ensure_graph,
 )
@@ -33,15 +32,23 @@ SENTENCE = "serverless functions scale to zero and start cold"  # 10 tokens with
 
 
 @pytest.fixture(scope="module")
-def graph() -> Path:
-    return ensure_graph(default_graph_path(bundled_model_dir(), default_cache_dir(), MODEL),
+def cache_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """pytest's own cache (.pytest_cache), so the graph is exported once, not per run;
+    never the user's ~/.cache."""
+    cache = getattr(request.config, "cache", None)
+    return cache.mkdir("fnstack-onnx") if cache is not None else tmp_path_factory.mktemp("onnx")
+
+
+@pytest.fixture(scope="module")
+def graph(cache_dir: Path) -> Path:
+    return ensure_graph(default_graph_path(bundled_model_dir(), cache_dir, MODEL),
                         bundled_model_dir())
 
 
 @pytest.fixture
 def make(graph: Path) -> Callable[..., Any]:
     async def build(**config: Any) -> OnnxEmbeddingsProvider:
-        ctx = ProviderContext(provider_id="minilm", cache_dir=default_cache_dir())
+        ctx = ProviderContext(provider_id="minilm", cache_dir=graph.parent.parent)
         provider = await create(
             OnnxEmbeddingsConfig(onnx_path=graph, intra_op_threads=1, **config), ctx
         )
