@@ -81,7 +81,8 @@ class ModerationRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    input: str | list[str] | list[ModerationPart] = Field(min_length=1)
+    input: str | Annotated[list[str], Field(min_length=1)] | Annotated[
+        list[ModerationPart], Field(min_length=1)]
     model: str | None = Field(default=None, min_length=1)
 
 

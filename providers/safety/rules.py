@@ -285,6 +285,14 @@ class RulesProvider:
     async def run_shield(
         self, shield: Shield, messages: list[Message], params: dict[str, Any]
     ) -> RunShieldResponse:
+        if "patterns" in params:
+            # Any caller sends a call's params; a regex from one could backtrack for
+            # minutes on the event loop. Patterns come from the config or the shield
+            # (registered by an admin).
+            raise InvalidRequestError(
+                "patterns are set on the shield (POST /v1/shields params), not per call",
+                param="params.patterns",
+            )
         config = self._config(shield.params, params)
         findings: list[dict[str, Any]] = []
         redacted: list[str] = []

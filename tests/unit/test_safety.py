@@ -138,6 +138,11 @@ async def test_shield_and_call_params_override_the_config() -> None:
     assert v is None
     with pytest.raises(InvalidRequestError, match=r"params\.pii"):
         await p.run_shield(shield(pii=["passport"]), msgs, {})
+    # A call may narrow or widen the kinds and terms, never bring its own regex.
+    with pytest.raises(InvalidRequestError, match="not per call"):
+        await p.run_shield(shield(), msgs, {"patterns": {"x": "(a+)+$"}})
+    v = (await p.run_shield(shield(patterns={"name": "Voldemort"}, pii=[]), msgs, {})).violation
+    assert v is not None and v.metadata["categories"] == ["custom/name"]
 
 
 async def test_moderation_result_shape() -> None:

@@ -243,6 +243,8 @@ async def test_moderations(http: httpx.AsyncClient, fake: FakeOpenAI) -> None:
 async def test_moderation_errors(http: httpx.AsyncClient) -> None:
     assert (await http.post("/v1/moderations", json={"input": []})).status_code == 400
     assert (await http.post("/v1/moderations", json={})).status_code == 400
+    r = await http.post("/v1/moderations", json={"input": ""})
+    assert r.status_code == 200 and not r.json()["results"][0]["flagged"]
     r = await http.post("/v1/moderations", json={"input": [{"type": "audio", "x": 1}]})
     assert r.status_code == 400
     r = await http.post("/v1/moderations", json={"input": "x", "model": "omni-moderation-latest"})
