@@ -20,7 +20,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from fnstack.api.files import PURPOSES, CompleteUploadRequest, CreateUploadRequest, ExpiresAfter
-from fnstack.errors import InvalidRequestError, PayloadTooLargeError
+from fnstack.errors import FnstackError, InvalidRequestError, PayloadTooLargeError
 from fnstack.routes import json_response, principal, service
 from fnstack.services.files import FilesService
 
@@ -65,6 +65,7 @@ async def _multipart(request: Request, limit: int, what: str) -> FormData:
         param="file" if what == "file" else "data")
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > cap:
+        await _drain(request)
         raise too_large
 
     async def counted() -> AsyncGenerator[bytes, None]:
@@ -226,8 +227,13 @@ async def create_upload(body: CreateUploadRequest, request: Request) -> Response
 async def add_upload_part(upload_id: str, request: Request) -> Response:
     files = await _files(request)
     user = principal(request)
-    # Before reading the body: a part for an unknown or finished upload is refused as is.
-    await files.pending_upload(upload_id, user)
+    # Before parsing the body: a part for an unknown or finished upload is refused
+    # without storing it (the body is drained so the client reads the answer).
+    try:
+        await files.pending_upload(upload_id, user)
+    except FnstackError:
+        await _drain(request)
+        raise
     form = await _multipart(request, files.limits.max_part_bytes, "part")
     try:
         data = _upload_file(form, "data")

@@ -140,6 +140,20 @@ def test_direct_upload_over_the_configured_limit_is_413(server: FnstackServer) -
     assert err.value.status_code == 413
 
 
+
+def test_a_large_part_refused_up_front_still_reads_its_answer(server: FnstackServer) -> None:
+    # Refused before the body is read (unknown upload; Content-Length past the limit):
+    # the server drains the body, so the client gets the error, not a reset connection.
+    client = openai.OpenAI(base_url=server.base_url, api_key="local", max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        client.uploads.parts.create(upload_id="upload_nope", data=b"x" * (48 * 1024 * 1024))
+    up = client.uploads.create(bytes=PART + 1, filename="a", mime_type="text/plain",
+                               purpose="user_data")
+    with pytest.raises(openai.APIStatusError) as err:
+        client.uploads.parts.create(upload_id=up.id, data=b"x" * (PART + 1))
+    assert err.value.status_code == 413
+    client.uploads.cancel(up.id)
+
 GATEWAY_SIZE = 100 * 1024 * 1024
 GATEWAY_PART = 4_000_000  # files.max_part_bytes of the aws distribution
 
