@@ -7,7 +7,8 @@ fields), in Llama Stack's spelling::
     shields: ["pii"]                               # the same
     input_shields: [...] / output_shields: [...]   # one direction only (Agents' fields)
 
-These fields are taken off the request before it goes to the model.
+These fields are taken off the request before it goes to the model. Input shields see
+the conversation (user, assistant and tool messages), not system/developer instructions.
 
 A blocked input is answered as OpenAI answers content it will not produce: a normal
 ``chat.completion`` whose message has ``content: null``, ``refusal`` = the shield's
@@ -118,8 +119,11 @@ async def guarded(
                                   "does not serve", param="guardrails")
     for shield_id in dict.fromkeys(guard.input + guard.output):
         await safety.resolve(shield_id, user, param="guardrails")  # unknown: 404 now
-    if guard.input:
-        hit = await safety.check(guard.input, list(request.messages), user)
+    # The conversation, not the deployment's own instructions: a system prompt that
+    # names a support address must not block every request.
+    said = [m for m in request.messages if m.role not in ("system", "developer")]
+    if guard.input and said:
+        hit = await safety.check(guard.input, said, user)
         if hit is not None:
             return _refusal(request, *hit)
     result = await generate(request, user)

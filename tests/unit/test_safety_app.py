@@ -283,6 +283,24 @@ async def test_blocked_input_streamed(http: httpx.AsyncClient, fake: FakeOpenAI)
     assert chats(fake) == []
 
 
+async def test_input_shields_skip_the_system_prompt(
+    http: httpx.AsyncClient, fake: FakeOpenAI
+) -> None:
+    r = await http.post(CHAT, json={
+        "model": MODEL, "guardrails": ["pii"],
+        "messages": [{"role": "system", "content": "Support: help@example.com"},
+                     {"role": "user", "content": "hello"}]})
+    assert r.json()["choices"][0]["finish_reason"] == "stop"
+    r = await http.post(CHAT, json={
+        "model": MODEL, "guardrails": ["pii"],
+        "messages": [{"role": "system", "content": "Be brief."},
+                     {"role": "user", "content": "hi"},
+                     {"role": "assistant", "content": "Hello!"},
+                     {"role": "user", "content": "call 555-123-4567"}]})
+    assert r.json()["choices"][0]["finish_reason"] == "content_filter"
+    assert len(chats(fake)) == 1
+
+
 async def test_clean_input_passes_and_fields_are_not_forwarded(
     http: httpx.AsyncClient, fake: FakeOpenAI
 ) -> None:
