@@ -320,6 +320,13 @@ async def create(config: PgVectorConfig, ctx: ProviderContext) -> PgVectorProvid
         raise ConfigError(f"cannot connect to PostgreSQL: {exc}", path="dsn") from exc
     try:
         await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        version = await conn.fetchval(
+            "SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+        if tuple(int(p) for p in str(version).split(".")[:2]) < (0, 8):
+            # hnsw.iterative_scan (filtered queries that still return k rows) is 0.8's.
+            raise ConfigError(
+                f"pgvector {version} is too old: remote::pgvector needs 0.8 or later "
+                "(ALTER EXTENSION vector UPDATE)", path="dsn")
         await conn.execute(
             f"CREATE TABLE IF NOT EXISTS {_REGISTRY} "
             "(index_id text PRIMARY KEY, dimension integer NOT NULL)")
