@@ -526,6 +526,12 @@ class InlineVectorIOProvider:
                 manifest, version = await self._manifest(index_id)
             if manifest is not None:
                 await self._download(index_id, folder, manifest)
+            elif self.blobs is not None:
+                # Not in the blob store: whatever /tmp holds is a deleted index's.
+                if not create:
+                    raise NotFoundError(f"vector index {index_id!r} not found",
+                                        param="index_id")
+                await asyncio.to_thread(shutil.rmtree, folder, True)
             elif not (folder / "chunks.sqlite").is_file() and not create:
                 raise NotFoundError(f"vector index {index_id!r} not found", param="index_id")
             await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
