@@ -45,6 +45,13 @@ __all__ = ["SafetyService", "spec"]
 
 KIND = "shield"
 
+# OpenAI's moderation models: a client that names one (the SDK's examples do) gets the
+# default shield unless a shield is registered under that name.
+OPENAI_MODERATION_MODELS = frozenset({
+    "omni-moderation-latest", "omni-moderation-2024-09-26", "text-moderation-latest",
+    "text-moderation-stable", "text-moderation-007",
+})
+
 # Whose request a judge call classifies: set around each provider call.
 _caller: contextvars.ContextVar[Owner] = contextvars.ContextVar("fnstack_safety_caller")
 
@@ -244,6 +251,8 @@ class SafetyService(Service):
 
     async def _moderation_shield(self, name: str, user: Owner) -> Shield:
         entry = await self.table.find(name)
+        if entry is None and name in OPENAI_MODERATION_MODELS and self.default_shield:
+            entry = await self.table.find(self.default_shield)
         if entry is None:
             # OpenAI clients send a model name: a shield's provider id answers too.
             entry = next((e for e in await self.table.all_entries()

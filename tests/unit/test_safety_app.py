@@ -247,8 +247,13 @@ async def test_moderation_errors(http: httpx.AsyncClient) -> None:
     assert r.status_code == 200 and not r.json()["results"][0]["flagged"]
     r = await http.post("/v1/moderations", json={"input": [{"type": "audio", "x": 1}]})
     assert r.status_code == 400
-    r = await http.post("/v1/moderations", json={"input": "x", "model": "omni-moderation-latest"})
+    r = await http.post("/v1/moderations", json={"input": "x", "model": "gpt-guard-9"})
     assert r.status_code == 404 and r.json()["error"]["param"] == "model"
+    # OpenAI's own model names reach the default shield (the run config's first).
+    r = await http.post("/v1/moderations", json={"input": "a@b.io",
+                                                 "model": "omni-moderation-latest"})
+    assert r.status_code == 200 and r.json()["model"] == "omni-moderation-latest"
+    assert r.json()["results"][0]["categories"]["pii/email"]
 
 
 # --- guardrails on chat completions -----------------------------------------------------
