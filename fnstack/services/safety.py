@@ -208,7 +208,21 @@ class SafetyService(Service):
     async def _run(self, shield: Shield, messages: list[Message],
                    params: dict[str, Any]) -> RunShieldResponse:
         # No messages: the provider only checks the params (registration does this).
-        return await self.providers[shield.provider_id].run_shield(shield, messages, params)
+        return await self._provider(shield).run_shield(shield, messages, params)
+
+    def _provider(self, shield: Shield) -> SafetyProvider:
+        provider = self.providers.get(shield.provider_id)
+        if provider is None:
+            # Registered when the run config had that provider; it has it no more.
+            raise InvalidRequestError(
+                f"shield {shield.identifier!r} runs on provider {shield.provider_id!r}, which "
+                f"this deployment does not configure (safety providers: "
+                f"{', '.join(self.providers) or 'none'}); delete the shield and register it "
+                "again on one of them",
+                param="shield_id",
+                code="provider_not_configured",
+            )
+        return provider
 
     async def run_shield(self, request: RunShieldRequest, user: Owner) -> RunShieldResponse:
         shield = await self.resolve(request.shield_id, user)
@@ -244,7 +258,7 @@ class SafetyService(Service):
         inputs = _inputs(request)
         token = _caller.set(user)
         try:
-            results = await self.providers[shield.provider_id].moderate(shield, inputs)
+            results = await self._provider(shield).moderate(shield, inputs)
         finally:
             _caller.reset(token)
         return ModerationResponse(model=request.model or shield.identifier, results=results)

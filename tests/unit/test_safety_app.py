@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from fnstack.app import create_app
 from fnstack.config import RunConfig, parse_config
+from fnstack.spec import Api
 from tests.support.fake_openai import MODEL, FakeOpenAI, Reply, chat_chunk_json, chat_json
 
 CHAT = "/v1/chat/completions"
@@ -395,3 +396,26 @@ async def test_unknown_guardrail_is_404_and_bad_shape_400(
                                     "messages": [{"role": "user", "content": "hi"}]})
     assert r.status_code == 400
     assert chats(fake) == []
+
+
+async def test_shield_whose_provider_is_gone(tmp_path: Path, fake: FakeOpenAI) -> None:
+    first = create_app(_config(tmp_path, fake.base_url), lifespan=False)
+    transport = httpx.ASGITransport(app=first, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        r = await c.post("/v1/shields", json={"shield_id": "j", "provider_id": "judge"})
+        assert r.status_code == 200, r.text
+    await first.state.stack.shutdown()
+    # The same registry, and a run config without the judge.
+    config = _config(tmp_path, fake.base_url)
+    config.providers[Api.safety] = config.providers[Api.safety][:1]
+    config.registered_resources.shields = config.registered_resources.shields[:1]
+    second = create_app(config, lifespan=False)
+    transport = httpx.ASGITransport(app=second, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        r = await c.post("/v1/safety/run-shield", json={
+            "shield_id": "j", "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "provider_not_configured"
+        r = await c.post("/v1/moderations", json={"model": "j", "input": "hi"})
+        assert r.status_code == 400
+        assert (await c.delete("/v1/shields/j")).status_code == 200
+    await second.state.stack.shutdown()
