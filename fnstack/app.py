@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fnstack import __version__
+from fnstack.api.common import ErrorResponse
 from fnstack.config import RunConfig
 from fnstack.errors import FnstackError, InternalError, InvalidRequestError, PayloadTooLargeError
 from fnstack.logs import configure_logging, new_request_id, request_id_var
@@ -77,6 +78,7 @@ def create_app(
 
     _install_error_handlers(app)
     _include_routers(app, stack.routed)
+    _openapi_without_422(app)
 
     # Outermost first: request id, then authentication (an unauthenticated caller
     # never makes the server read its body), then the body limit.
@@ -102,14 +104,59 @@ def _install_auth(app: FastAPI, config: RunConfig, stack: Stack) -> None:
         stack.add_closer(authenticator.close)
 
 
+# What any route may answer besides its 200, all in OpenAI's error shape. Documented on
+# every operation so generated clients and schemathesis agree with the server (which
+# never answers FastAPI's 422: validation errors are 400s).
+ERROR_STATUSES = {
+    400: "invalid request: malformed JSON, wrong types, values out of range",
+    401: "missing or invalid credentials",
+    403: "the access policy forbids this action",
+    404: "unknown route or id (another principal's records are 404 too)",
+    405: "method not allowed (the Allow header lists the allowed ones)",
+    408: "the request was sent too slowly (fnstack run)",
+    409: "conflict: the id exists, or a concurrent update won",
+    413: "the body or a file is over its limit",
+    421: "Host header not allowed (fnstack run)",
+    429: "rate limit, quota or admission limit reached (see retry-after)",
+    500: "unexpected error (quote the x-request-id)",
+    502: "the upstream provider failed",
+    503: "temporarily unavailable (store down, shutting down); retry",
+    504: "the upstream provider timed out",
+}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": text}
+    for status, text in ERROR_STATUSES.items()
+}
+
+
 def _include_routers(app: FastAPI, specs: Iterable[ServiceSpec]) -> None:
     """Health and version, then the router of each service whose API group is served."""
     from fnstack.routes import admin
 
-    app.include_router(admin.health_router)
+    app.include_router(admin.health_router, responses=ERROR_RESPONSES)
     for spec in specs:
         if spec.router is not None:
-            app.include_router(spec.router())
+            app.include_router(spec.router(), responses=ERROR_RESPONSES)
+
+
+def _openapi_without_422(app: FastAPI) -> None:
+    """FastAPI documents a 422 on every operation with a body or parameters; fnstack
+    answers validation errors with 400 in OpenAI's shape, so the 422 goes."""
+    from fastapi.openapi.utils import get_openapi
+
+    def build() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            for path in schema.get("paths", {}).values():
+                for operation in path.values():
+                    operation.get("responses", {}).pop("422", None)
+            schemas = schema.get("components", {}).get("schemas", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(name, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = build  # type: ignore[method-assign]
 
 
 # --- errors -----------------------------------------------------------------------------
@@ -173,6 +220,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         elif exc.status_code == 405:
             err = _Generic(405, f"method {request.method} not allowed on {request.url.path}",
                            "method_not_allowed")
+            # RFC 9110: a 405 names the methods the resource allows.
+            err.headers.update(exc.headers or {})
         else:
             err = _Generic(exc.status_code, str(exc.detail), None)
         return _error_response(err)

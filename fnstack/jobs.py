@@ -16,6 +16,7 @@ finally moves it to the dead-letter queue).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -58,7 +59,9 @@ class LocalJobQueue:
 
     async def submit(self, job: str, args: dict[str, Any]) -> None:
         if not self._tasks:
-            self._tasks = [asyncio.create_task(self._run()) for _ in range(self.workers)]
+            # A fresh context: a job's log lines are not the submitting request's.
+            self._tasks = [asyncio.create_task(self._run(), context=contextvars.Context())
+                           for _ in range(self.workers)]
         try:
             self._queue.put_nowait((job, args))
         except asyncio.QueueFull:

@@ -20,6 +20,7 @@ requests not yet answered.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import secrets
 import time
@@ -168,7 +169,10 @@ class GroupCommit:
         else:
             if self._queue is None:
                 self._queue = asyncio.Queue(self._max_pending)
-                self._tasks = [asyncio.create_task(self._run()) for _ in range(self.writers)]
+                # A fresh context: the writers' log lines must not carry the request id
+                # of whichever request happened to start them (each line names its own).
+                self._tasks = [asyncio.create_task(self._run(), context=contextvars.Context())
+                               for _ in range(self.writers)]
             await self._queue.put(item)
         # Shielded: a client hanging up must not cancel the wait of a batch already
         # being written (the result is still recorded for the other requests in it).

@@ -12,6 +12,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict
 
 __all__ = [
     "DeletedObject",
+    "ErrorResponse",
     "ListPage",
     "Metadata",
     "ModelType",
@@ -58,6 +59,19 @@ class ListPage(BaseModel, Generic[T]):
     first_id: str | None = None
     last_id: str | None = None
     has_more: bool = False
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error fnstack answers: OpenAI's ``{"error": {message, type, param, code}}``."""
+
+    error: ErrorDetail
 
 
 class DeletedObject(BaseModel):

@@ -42,7 +42,8 @@ class RegisterModelRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model_id: str = Field(min_length=1, max_length=256, pattern=r"^[^\s]+$")
+    # No whitespace and no control characters (a NUL in an id breaks logs and stores).
+    model_id: str = Field(min_length=1, max_length=256, pattern=r"^[^\s\x00-\x1f\x7f]+$")
     provider_id: str | None = None
     provider_model_id: str | None = Field(default=None, min_length=1)
     model_type: ModelType = "llm"
