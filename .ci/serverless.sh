@@ -29,7 +29,18 @@ fi
   || "$VENV/bin/pip" install --quiet --disable-pip-version-check "aws-sam-translator==1.115.0"
 
 echo "== validate template.yaml (SAM transform + cfn-lint)"
-"$VENV/bin/python" -m fnstack_dev.validate_template
+"$VENV/bin/python" -m fnstack_dev.validate_template --output .aws-sam/template.cfn.json
+
+# checkov pins its own dependencies: its own venv, as aws-sam-cli.
+echo "== checkov on the translated template (.checkov.yaml: each skip has its reason)"
+CHECKOV_VENV=.venv-checkov
+CHECKOV_VERSION=3.3.30
+if ! "$CHECKOV_VENV/bin/checkov" --version 2>/dev/null | grep -q "$CHECKOV_VERSION"; then
+  "$PY312" -m venv "$CHECKOV_VENV"
+  echo '*' > "$CHECKOV_VENV/.gitignore"
+  "$CHECKOV_VENV/bin/pip" install --quiet --disable-pip-version-check "checkov==$CHECKOV_VERSION"
+fi
+"$CHECKOV_VENV/bin/checkov" --config-file .checkov.yaml -f .aws-sam/template.cfn.json
 
 echo "== prebuild the layer's models (ONNX export needs torch: the project's venv)"
 "$VENV/bin/python" infra/prebuild_models.py

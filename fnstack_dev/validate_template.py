@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("template", nargs="?", type=Path, default=DEFAULT_TEMPLATE)
     parser.add_argument("--region", default="us-east-1")
     parser.add_argument("--print", action="store_true", help="print the translated template")
+    parser.add_argument("--output", type=Path, help="write the translated template (JSON) here")
     args = parser.parse_args(argv)
     try:
         cfn = translate(args.template, region=args.region)
@@ -110,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.print:
         print(json.dumps(cfn, indent=2, default=str))
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(cfn, indent=2, default=str))
     matches = lint(cfn, args.region)
     for m in matches:
         print(f"{m.rule.id} {m.message} ({'/'.join(str(p) for p in m.path)})", file=sys.stderr)
