@@ -570,6 +570,11 @@ def _grammar_for(
     except (ValueError, TypeError) as exc:  # a schema that is not a JSON object
         raise InvalidRequestError(f"cannot enforce this schema: {exc}",
                                   param="response_format") from exc
+    except ImportError as exc:  # a deployment without the models extra's grammar engine
+        raise InternalError(
+            "inline::reference needs llguidance for response_format and tools: "
+            "install fnstack[models] (pip install 'llguidance==1.9.1')"
+        ) from exc
     return None, ""
 
 
