@@ -156,7 +156,8 @@ class RegisterShieldRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    shield_id: str = Field(min_length=1, max_length=256, pattern=r"^[^\s]+$")
+    # No whitespace or control characters: an id goes into paths and keys.
+    shield_id: str = Field(min_length=1, max_length=256, pattern=r"^[^\s\x00-\x1f\x7f]+$")
     provider_shield_id: str | None = Field(default=None, min_length=1)
     provider_id: str | None = None
     params: dict[str, Any] | None = None

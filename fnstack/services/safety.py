@@ -34,7 +34,7 @@ from fnstack.api.safety import (
     ShieldList,
 )
 from fnstack.errors import ConfigError, ConflictError, InvalidRequestError, NotFoundError
-from fnstack.records import authorize, readable
+from fnstack.records import authorize, check_storable, readable
 from fnstack.routing import RoutingEntry, RoutingTable
 from fnstack.services import Service, ServiceContext, ServiceSpec, StoreNeed
 from fnstack.services.inference import ChatStream, InferenceService
@@ -146,6 +146,9 @@ class SafetyService(Service):
         return await self.resolve(shield_id, user)
 
     async def register_shield(self, request: RegisterShieldRequest, user: Owner) -> Shield:
+        check_storable(request.shield_id, "shield_id")
+        check_storable(request.provider_shield_id, "provider_shield_id")
+        check_storable(request.params, "params")
         authorize(self.policy, "create", KIND, request.shield_id, user, user)
         provider_id = request.provider_id or self._default_provider(request.shield_id)
         if provider_id not in self.providers:
@@ -225,6 +228,8 @@ class SafetyService(Service):
         return provider
 
     async def run_shield(self, request: RunShieldRequest, user: Owner) -> RunShieldResponse:
+        check_storable(request.messages, "messages")
+        check_storable(request.params, "params")
         shield = await self.resolve(request.shield_id, user)
         token = _caller.set(user)
         try:
@@ -248,6 +253,7 @@ class SafetyService(Service):
             _caller.reset(token)
 
     async def moderate(self, request: ModerationRequest, user: Owner) -> ModerationResponse:
+        check_storable(request.input, "input")
         name = request.model or self.default_shield
         if name is None:
             raise InvalidRequestError(

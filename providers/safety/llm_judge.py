@@ -286,7 +286,7 @@ def _response(verdict: Verdict | None, config: JudgeConfig, shield: Shield,
     names = ", ".join(CATEGORIES[c] for c in verdict.categories) or "unsafe"
     return RunShieldResponse(violation=SafetyViolation(
         violation_level=config.violation_level,
-        user_message=config.user_message.format(names=names),
+        user_message=config.user_message.replace("{names}", names),
         metadata={**meta, "violation_type": ",".join(verdict.categories) or "unsafe",
                   "categories": list(verdict.categories)},
     ))

@@ -311,7 +311,8 @@ class RulesProvider:
         return RunShieldResponse(
             violation=SafetyViolation(
                 violation_level=config.violation_level,
-                user_message=config.user_message.format(kinds=_names(kinds)),
+                # replace, not format: a user message is free text, braces and all.
+                user_message=config.user_message.replace("{kinds}", _names(kinds)),
                 metadata={
                     "shield_id": shield.identifier,
                     "violation_type": ",".join(kinds),

@@ -419,3 +419,27 @@ async def test_shield_whose_provider_is_gone(tmp_path: Path, fake: FakeOpenAI) -
         assert r.status_code == 400
         assert (await c.delete("/v1/shields/j")).status_code == 200
     await second.state.stack.shutdown()
+
+
+async def test_odd_text_is_400_or_plain_text(http: httpx.AsyncClient) -> None:
+    def raw(path: str, body: str) -> Any:
+        return http.post(path, content=body, headers={"content-type": "application/json"})
+
+    lone = '"a\\ud800b"'
+    r = await raw("/v1/safety/run-shield",
+                  f'{{"shield_id": "pii", "messages": [{{"role": "user", "content": {lone}}}]}}')
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_unicode"
+    r = await raw("/v1/moderations", f'{{"input": [{lone}]}}')
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input[0]"
+    r = await raw("/v1/shields", f'{{"shield_id": "s", "provider_id": "rules", '
+                                 f'"params": {{"blocked_terms": [{lone}]}}}}')
+    assert r.status_code == 400
+    r = await http.post("/v1/shields", json={"shield_id": "a\x01b", "provider_id": "rules"})
+    assert r.status_code == 400
+    # A user message is text, not a format string.
+    r = await http.post("/v1/shields", json={"shield_id": "braces", "provider_id": "rules",
+                                             "params": {"user_message": "{x} {kinds} {"}})
+    assert r.status_code == 200, r.text
+    r = await http.post("/v1/safety/run-shield", json={
+        "shield_id": "braces", "messages": [{"role": "user", "content": "a@b.io"}]})
+    assert r.json()["violation"]["user_message"] == "{x} an e-mail address {"
