@@ -138,6 +138,19 @@ def _functions(template: Template, bundle: Any, envs: Mapping[str, Mapping[str, 
     return {name: FunctionPool(spec, bundle) for name, spec in specs.items() if name in envs}
 
 
+def _image_source(template_path: str, build_dir: str | None, bundle: Any) -> Template | None:
+    """The source template whose image functions get stand-ins: the one the bundle was
+    built from (the default build folder next to it, or --template named with
+    --build-dir)."""
+    if bundle is None or not Path(template_path).is_file():
+        return None
+    source = Path(template_path).resolve()
+    default = source.parent / ".aws-sam" / "build"
+    if build_dir and Path(build_dir).resolve() != default and template_path == "template.yaml":
+        return None  # a bundle of its own; the current folder's template is not its source
+    return _load(source)
+
+
 def _images(source: Template, bundle: Any, resolver: Resolver, extra: Mapping[str, str],
             overrides: Mapping[str, str], concurrency: int) -> dict[str, Any]:
     """Stand-ins for the source template's container-image functions (no Docker here)."""
@@ -195,8 +208,7 @@ def invoke(function_id: str, event_path: str, template_path: str, build_dir: str
     from fnstack_dev.sandbox import FunctionError, Streamed, kill_children
 
     template, bundle = _bundle_template(template_path, build_dir, from_source)
-    source = _load(template_path) if bundle is not None and Path(template_path).is_file() \
-        else None
+    source = _image_source(template_path, build_dir, bundle)
     image = (source is not None and function_id not in template.functions
              and function_id in source.functions
              and source.function(function_id).package_type == "Image")
@@ -266,8 +278,7 @@ def gateway(port: int, host: str, concurrency: int, template_path: str, build_di
     from fnstack_dev.server import RawHeadersH11Protocol
 
     template, bundle = _bundle_template(template_path, build_dir, from_source)
-    source = _load(template_path) if bundle is not None and Path(template_path).is_file() \
-        else None
+    source = _image_source(template_path, build_dir, bundle)
     overrides = _pairs(env_pairs)
 
     # uvicorn re-raises SIGTERM after its graceful shutdown; exiting through SystemExit
