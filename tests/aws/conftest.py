@@ -30,6 +30,8 @@ storage:
   stores:
     registry: {backend: kv_default, namespace: registry}
     files: {backend: blob_default, prefix: files/}
+    file_records: {backend: kv_default, namespace: files}
+    vector_stores: {backend: kv_default, namespace: vector_stores}
 queues:
   batches:
     type: sqs
