@@ -124,6 +124,10 @@ class InlineVectorIOConfig(BaseModel):
     sync_interval_s: float = Field(
         default=2.0, ge=0, description="How often a reader checks the blob store for new writes"
     )
+    graph_save_interval_s: float = Field(
+        default=30.0, ge=0,
+        description="Least seconds between saves of a local HNSW graph (a crash rebuilds it)",
+    )
     connectivity: int = Field(default=16, ge=4, le=64, description="HNSW M")
     expansion_add: int = Field(default=128, ge=8, description="HNSW efConstruction")
     expansion_search: int = Field(default=64, ge=8, description="HNSW ef at query time")
@@ -142,7 +146,9 @@ class _Index:
         self.db.executescript(_SCHEMA)
         self.dimension = int(self._meta("dimension") or 0)
         self.graph: Any = None
-        self.graph_tag = ""
+        self.graph_tag = ""  # the generation the in-memory graph holds
+        self.saved_tag = ""  # the generation of vectors.usearch on disk
+        self.saved_at = time.monotonic()
         self.lock = asyncio.Lock()
         self.synced_at = time.monotonic()
         # The version of the manifest record this copy came from (blob store mode).
@@ -191,23 +197,34 @@ class _Index:
         path, marker = self.folder / "vectors.usearch", self.folder / "vectors.gen"
         if path.is_file() and marker.is_file() and marker.read_text().strip() == tag:
             graph.load(str(path))
+            self.saved_tag = tag
         else:  # absent or stale (a crash between the two writes): rebuild from SQLite
             rows = self.db.execute("SELECT id, embedding FROM chunks").fetchall()
             if rows:
                 keys = np.fromiter((r[0] for r in rows), dtype=np.uint64, count=len(rows))
                 vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32)
                 graph.add(keys, vecs.reshape(len(rows), self.dimension))
-            self.graph = graph
-            self._save_graph(tag)
+            self.graph, self.graph_tag = graph, tag
+            self.flush()
         self.graph, self.graph_tag = graph, tag
         return graph
 
-    def _save_graph(self, tag: str) -> None:
+    def _changed(self, tag: str) -> None:
+        """The graph now holds generation ``tag``: save it when due. Between saves a
+        crash leaves a graph of an older tag on disk, which the next open rebuilds."""
+        self.graph_tag = tag
+        if time.monotonic() - self.saved_at >= self.config.graph_save_interval_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Save the graph if the one on disk is older (before an upload, at shutdown)."""
+        if self.graph is None or self.saved_tag == self.graph_tag:
+            return
         tmp = self.folder / "vectors.usearch.tmp"
         self.graph.save(str(tmp))
         os.replace(tmp, self.folder / "vectors.usearch")
-        (self.folder / "vectors.gen").write_text(tag)
-        self.graph_tag = tag
+        (self.folder / "vectors.gen").write_text(self.graph_tag)
+        self.saved_tag, self.saved_at = self.graph_tag, time.monotonic()
 
     # --- writes ---
 
@@ -242,7 +259,7 @@ class _Index:
             graph.remove(key)
         if new:
             graph.add(np.array(new, dtype=np.uint64), vecs)
-        self._save_graph(tag)
+        self._changed(tag)
         return True
 
     def delete_file(self, file_id: str) -> bool:
@@ -256,7 +273,7 @@ class _Index:
             tag = self._bump()
         for key in old:
             graph.remove(key)
-        self._save_graph(tag)
+        self._changed(tag)
         return True
 
     def _bump(self) -> str:
@@ -354,7 +371,9 @@ class _Index:
             if (r := by_id.get(i)) is not None
         ]
 
-    def close(self) -> None:
+    def close(self, save: bool = True) -> None:
+        if save:
+            self.flush()
         self.db.close()
 
 
@@ -453,7 +472,7 @@ class InlineVectorIOProvider:
             index = self._open.pop(index_id, None)
         if index is not None:
             async with index.lock:
-                await asyncio.to_thread(index.close)
+                await asyncio.to_thread(index.close, False)
         await asyncio.to_thread(shutil.rmtree, self.root / index_id, True)
         if self.manifests is not None:
             await self.manifests.delete(index_id)
@@ -517,7 +536,7 @@ class InlineVectorIOProvider:
         async with self._opening:
             for index in self._open.values():
                 async with index.lock:
-                    index.close()
+                    await asyncio.to_thread(index.close)
             self._open.clear()
 
     # --- opening, and the blob store copy ---
@@ -577,7 +596,7 @@ class InlineVectorIOProvider:
         index.manifest_version = version
         if manifest["tag"] == await asyncio.to_thread(index.tag):
             return
-        await asyncio.to_thread(index.close)
+        await asyncio.to_thread(index.close, False)  # replaced by the download
         await self._download(index_id, index.folder, manifest)
         fresh = await asyncio.to_thread(_Index, index.folder, self.config)
         index.db, index.dimension, index.graph, index.graph_tag = (
@@ -628,6 +647,7 @@ class InlineVectorIOProvider:
             return
         tag = await asyncio.to_thread(index.tag)
         await asyncio.to_thread(index.ensure_graph)
+        await asyncio.to_thread(index.flush)
         keys = [f"{index_id}/{tag}.sqlite", f"{index_id}/{tag}.usearch"]
         for key, source in zip(keys, ("chunks.sqlite", "vectors.usearch"), strict=True):
             await self.blobs.put(key, _read_file(index.folder / source))

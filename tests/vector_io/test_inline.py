@@ -150,3 +150,20 @@ async def test_concurrent_writers_with_a_manifest_store(tmp_path: Path) -> None:
     await a.shutdown()
     await b.shutdown()
     await stores.close()
+
+
+async def test_a_crash_before_the_graph_is_saved_loses_nothing(tmp_path: Path) -> None:
+    chunks = _chunks(120)
+    first = await _inline(tmp_path)  # saves its graph at most every 30 s
+    await first.create_index("vs", DIM)
+    await first.insert("vs", chunks[:60])
+    await first.insert("vs", chunks[60:])
+    await first.delete_file("vs", "f3")
+    # No shutdown: the process "dies" here; SQLite has every write, the graph file not.
+    second = await _inline(tmp_path)
+    q = chunks[5].embedding
+    live = [c for c in chunks if c.file_id != "f3"]
+    got = await second.query("vs", mode="vector", k=10, embedding=q)
+    assert [r.chunk_id for r in got] == _exact(live, q, 10)
+    await second.shutdown()
+    await first.shutdown()
