@@ -418,4 +418,12 @@ def route_table(app: FastAPI) -> list[dict[str, Any]]:
     full = FastAPI()
     _, routed = plan_services(served_apis(stack.config), stack.specs)
     _include_routers(full, routed)
-    return served_routes(full)
+    # Llama Stack's provider_types: the configured providers of the route's API group
+    # (none for the core groups, which have no providers).
+    kinds: dict[str, list[str]] = {}
+    for api, _, p in stack.config.all_providers():
+        kinds.setdefault(api.value, []).append(p.provider_type)
+    rows = served_routes(full)
+    for row in rows:
+        row["provider_types"] = kinds.get(row["api"], [])
+    return rows

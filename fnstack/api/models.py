@@ -24,6 +24,11 @@ class Model(BaseModel):
     provider_resource_id: str
     model_type: ModelType
     metadata: dict[str, Any] = {}
+    # Llama Stack / OGX: clients read provider and type from custom_metadata (with the
+    # metadata merged in) on listed models, and identifier/type on a retrieved one.
+    identifier: str | None = None
+    type: Literal["model"] = "model"
+    custom_metadata: dict[str, Any] = {}
 
 
 class ModelList(BaseModel):

@@ -1,8 +1,13 @@
-"""Health, version, route inspection and providers."""
+"""Health, version, route inspection and providers.
+
+The same answers also sit under ``/v1alpha/admin/*`` as Llama Stack (OGX) serves them
+(llama-stack-client's ``client.alpha.admin``): providers with their health, routes with
+their provider types, health, version.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 
@@ -31,11 +36,23 @@ async def version() -> dict[str, str]:
     return {"version": __version__}
 
 
-@router.get("/v1/inspect/routes", tags=["inspect"])
-async def routes(request: Request) -> dict[str, Any]:
+ApiFilter = Literal["v1", "v1alpha", "v1beta", "deprecated"]
+
+
+def _routes(request: Request, api_filter: ApiFilter | None) -> dict[str, Any]:
     from fnstack.app import route_table
 
-    return {"data": route_table(request.app)}
+    rows = route_table(request.app)
+    if api_filter == "deprecated":
+        rows = []  # fnstack deprecates no route
+    elif api_filter is not None:
+        rows = [r for r in rows if r["route"].startswith(f"/{api_filter}/")]
+    return {"data": rows}
+
+
+@router.get("/v1/inspect/routes", tags=["inspect"])
+async def routes(request: Request, api_filter: ApiFilter | None = None) -> dict[str, Any]:
+    return _routes(request, api_filter)
 
 
 def _redact(value: Any) -> Any:
@@ -58,6 +75,9 @@ def _info(api: Api, p: ProviderConfig) -> dict[str, Any]:
         "provider_type": p.provider_type,
         "config": _redact(p.config),
         "description": spec.description,
+        # Llama Stack's shape: a provider without a health check says so.
+        "health": {"status": "Not Implemented",
+                   "message": "Provider does not implement health check"},
     }
 
 
@@ -69,6 +89,10 @@ async def list_providers(request: Request) -> dict[str, Any]:
 
 @router.get("/v1/providers/{provider_id}", tags=["providers"])
 async def get_provider(provider_id: str, request: Request) -> dict[str, Any]:
+    return _provider(provider_id, request)
+
+
+def _provider(provider_id: str, request: Request) -> dict[str, Any]:
     providers = _configured(_stack(request))
     if provider_id not in providers:
         raise NotFoundError(
@@ -77,3 +101,33 @@ async def get_provider(provider_id: str, request: Request) -> dict[str, Any]:
             param="provider_id",
         )
     return _info(*providers[provider_id])
+
+
+# --- Llama Stack's admin API (v1alpha) ---------------------------------------------------
+
+
+@router.get("/v1alpha/admin/providers", tags=["admin"])
+async def admin_list_providers(request: Request) -> dict[str, Any]:
+    return await list_providers(request)
+
+
+@router.get("/v1alpha/admin/providers/{provider_id}", tags=["admin"])
+async def admin_inspect_provider(provider_id: str, request: Request) -> dict[str, Any]:
+    return _provider(provider_id, request)
+
+
+@router.get("/v1alpha/admin/inspect/routes", tags=["admin"])
+async def admin_list_routes(
+    request: Request, api_filter: ApiFilter | None = None
+) -> dict[str, Any]:
+    return _routes(request, api_filter)
+
+
+@router.get("/v1alpha/admin/health", tags=["admin"])
+async def admin_health() -> dict[str, str]:
+    return await health()
+
+
+@router.get("/v1alpha/admin/version", tags=["admin"])
+async def admin_version() -> dict[str, str]:
+    return await version()

@@ -9,7 +9,7 @@ models and only admins register or delete them.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter
 
@@ -29,14 +29,26 @@ KIND = "model"
 
 
 def to_model(entry: RoutingEntry) -> Model:
+    model_type: Literal["llm", "embedding"] = (
+        "embedding" if entry.resource_type == "embedding" else "llm"
+    )
     return Model(
         id=entry.identifier,
         created=entry.created,
         owned_by=entry.provider_id,
         provider_id=entry.provider_id,
         provider_resource_id=entry.provider_resource_id,
-        model_type="embedding" if entry.resource_type == "embedding" else "llm",
+        model_type=model_type,
         metadata=entry.metadata,
+        identifier=entry.identifier,
+        # As Llama Stack builds it: its own keys first, the model's metadata (e.g.
+        # embedding_dimension) merged in after.
+        custom_metadata={
+            "model_type": model_type,
+            "provider_id": entry.provider_id,
+            "provider_resource_id": entry.provider_resource_id,
+            **entry.metadata,
+        },
     )
 
 
