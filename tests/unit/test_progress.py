@@ -10,6 +10,13 @@ from fnstack import progress
 from fnstack.progress import step
 
 
+@pytest.fixture(autouse=True)
+def _propagate(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An app built earlier in the session routes fnstack's logs to stderr and stops
+    # their propagation (fnstack.logs.configure_logging): caplog listens at the root.
+    monkeypatch.setattr(logging.getLogger("fnstack"), "propagate", True)
+
+
 def test_plain_lines_with_counts_and_time(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
