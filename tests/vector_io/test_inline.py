@@ -38,8 +38,10 @@ def _exact(chunks: list[Chunk], q: list[float], k: int, flt: Any = None) -> list
 
 
 async def _inline(tmp: Path, **config: Any) -> Any:
+    # ef above the index's size: HNSW then visits every node, so small tests are exact.
+    config = {"root": str(tmp / "vio"), "expansion_search": 1024, **config}
     ctx = ProviderContext(provider_id="inline", cache_dir=tmp)
-    return await open_spec("inline::vector", {"root": str(tmp / "vio"), **config}, ctx)
+    return await open_spec("inline::vector", config, ctx)
 
 
 async def test_filtered_paths_agree_with_exact(tmp_path: Path) -> None:
@@ -47,18 +49,28 @@ async def test_filtered_paths_agree_with_exact(tmp_path: Path) -> None:
     flt = FILTER.validate_python({"type": "eq", "key": "third", "value": True})
     rng = random.Random(1)
     queries = [[rng.gauss(0, 1) for _ in range(DIM)] for _ in range(10)]
-    # exact_below=0: every filtered query takes the oversampled HNSW path.
-    for config in ({}, {"exact_below": 0}):
-        p = await _inline(tmp_path / str(len(config)), **config)
-        await p.create_index("vs", DIM)
-        await p.insert("vs", chunks)
-        for q in queries:
-            got = [r.chunk_id for r in await p.query("vs", mode="vector", k=10, embedding=q,
-                                                       filters=flt)]
-            assert got == _exact(chunks, q, 10, flt)
-            got = [r.chunk_id for r in await p.query("vs", mode="vector", k=10, embedding=q)]
-            assert got == _exact(chunks, q, 10)
-        await p.shutdown()
+    # Default: 200 matches <= exact_below, so filtered queries are exact (numpy).
+    p = await _inline(tmp_path / "exact")
+    await p.create_index("vs", DIM)
+    await p.insert("vs", chunks)
+    for q in queries:
+        got = await p.query("vs", mode="vector", k=10, embedding=q, filters=flt)
+        assert [r.chunk_id for r in got] == _exact(chunks, q, 10, flt)
+    await p.shutdown()
+    # exact_below=0: the oversampled HNSW path; approximate, so judged by recall.
+    p = await _inline(tmp_path / "hnsw", exact_below=0, expansion_search=64)
+    await p.create_index("vs", DIM)
+    await p.insert("vs", chunks)
+    hits = 0
+    for q in queries:
+        got = await p.query("vs", mode="vector", k=10, embedding=q, filters=flt)
+        assert len(got) == 10 and all(r.attributes["third"] is True for r in got)
+        assert [r.score for r in got] == sorted((r.score for r in got), reverse=True)
+        hits += len({r.chunk_id for r in got} & set(_exact(chunks, q, 10, flt)))
+        unfiltered = await p.query("vs", mode="vector", k=10, embedding=q)
+        hits += len({r.chunk_id for r in unfiltered} & set(_exact(chunks, q, 10)))
+    assert hits / 200 >= 0.95
+    await p.shutdown()
 
 
 async def test_a_stale_graph_is_rebuilt(tmp_path: Path) -> None:
