@@ -123,6 +123,17 @@ class RequestMetadata(_Wire):
     user_id: str | None = None
 
 
+class JSONOutputFormat(_Wire):
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+class OutputConfig(_Wire):
+    """Structured outputs: the answer is JSON matching ``format.schema``."""
+
+    format: JSONOutputFormat | None = None
+
+
 # --- requests ------------------------------------------------------------------------
 
 
@@ -137,9 +148,11 @@ class _Conversation(_Wire):
 class MessagesRequest(_Conversation):
     """https://docs.anthropic.com/en/api/messages"""
 
-    # Required by Anthropic: a missing max_tokens is a 400, as there.
-    max_tokens: int = Field(ge=1, strict=True)
+    # Required by Anthropic: a missing max_tokens is a 400, as there; 0 generates nothing
+    # (Anthropic's cache pre-warming): the model is checked and an empty message returned.
+    max_tokens: int = Field(ge=0, strict=True)
     metadata: RequestMetadata | None = None
+    output_config: OutputConfig | None = None
     stop_sequences: list[str] | None = None
     stream: bool | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=1.0)

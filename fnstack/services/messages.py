@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter
+from pydantic import ValidationError
 
 from fnstack.api.inference import (
     AssistantMessage,
@@ -36,8 +37,10 @@ from fnstack.api.inference import (
     FunctionDefinition,
     ImagePart,
     ImageURL,
+    JSONSchema,
     NamedFunction,
     NamedToolChoice,
+    ResponseFormatJSONSchema,
     StreamOptions,
     SystemMessage,
     TextPart,
@@ -63,6 +66,7 @@ from fnstack.api.messages import (
     new_message_id,
 )
 from fnstack.errors import InvalidRequestError
+from fnstack.routing import RoutingEntry
 from fnstack.services import Service, ServiceContext, ServiceSpec
 from fnstack.services.inference import ChatStream, InferenceService
 from fnstack.services.models import ModelsService
@@ -191,19 +195,38 @@ def to_chat_request(request: MessagesRequest, *, stream: bool) -> ChatCompletion
     extra: dict[str, Any] = {}
     if request.top_k is not None:
         extra["top_k"] = request.top_k  # relayed to providers that take it (vLLM, llama.cpp)
-    return ChatCompletionRequest(
-        model=request.model,
-        messages=_messages(request),
-        max_tokens=request.max_tokens,
-        temperature=request.temperature,
-        top_p=request.top_p or None,
-        user=request.metadata.user_id if request.metadata else None,
-        stream=stream or None,
-        stream_options=StreamOptions(include_usage=True) if stream else None,
-        store=False,
+    fmt = request.output_config.format if request.output_config else None
+    if fmt is not None:
+        extra["response_format"] = ResponseFormatJSONSchema(
+            type="json_schema",
+            json_schema=JSONSchema(name="output", schema=fmt.schema_, strict=True),
+        )
+    try:
+        return _chat_request(request, stream, extra)
+    except ValidationError as exc:
+        # What Anthropic's schema allows and chat completions do not (a rare corner).
+        raise InvalidRequestError(
+            f"this request cannot be served as a chat completion: {exc.errors()[0]['msg']}"
+        ) from None
+
+
+def _chat_request(request: MessagesRequest, stream: bool,
+                  extra: dict[str, Any]) -> ChatCompletionRequest:
+    fields: dict[str, Any] = {
+        "model": request.model,
+        "messages": _messages(request),
+        "max_tokens": request.max_tokens,
+        "temperature": request.temperature,
+        "top_p": request.top_p or None,  # Anthropic allows 0, chat completions do not
+        "user": request.metadata.user_id if request.metadata else None,
+        "stream": stream or None,
+        "stream_options": StreamOptions(include_usage=True) if stream else None,
         **_tools(request),
         **extra,
-    )
+    }
+    # Only what was given: remote providers relay the fields that are set, and an
+    # explicit null is not the same as an absent field to every upstream.
+    return ChatCompletionRequest(**{k: v for k, v in fields.items() if v is not None})
 
 
 # --- chat completions -> Anthropic ------------------------------------------------------------
@@ -495,6 +518,10 @@ class MessagesService(Service):
         stops = [s for s in request.stop_sequences or [] if s]
         stream = bool(request.stream) or bool(stops)
         estimate = estimate_tokens(request)
+        if request.max_tokens == 0:
+            await self._llm(request.model, user)
+            return Message(content=[], model=request.model, stop_reason="max_tokens",
+                           usage=Usage(input_tokens=estimate, output_tokens=0))
         result = await self.inference.chat_completion(
             to_chat_request(request, stream=stream), user
         )
@@ -512,13 +539,18 @@ class MessagesService(Service):
             pass
         return events.message()
 
-    async def count_tokens(self, request: CountTokensRequest, user: Owner) -> TokenCount:
-        entry = await self.models.resolve(request.model, user)
+    async def _llm(self, model: str, user: Owner) -> RoutingEntry:
+        entry = await self.models.resolve(model, user)
         if entry.resource_type == "embedding":
             raise InvalidRequestError(
-                f"model {request.model!r} is an embedding model; count tokens for an llm",
+                f"model {model!r} is an embedding model and cannot serve /v1/messages; "
+                "use an llm",
                 param="model", code="wrong_model_type",
             )
+        return entry
+
+    async def count_tokens(self, request: CountTokensRequest, user: Owner) -> TokenCount:
+        entry = await self._llm(request.model, user)
         _tools(request)  # the same checks as a real request
         if "tokenizer" in self.models.hooks(entry.provider_id):
             provider = self.models.provider(entry.provider_id)
