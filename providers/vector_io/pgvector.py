@@ -11,8 +11,9 @@ One table per index (``vio_<md5 of the index id>``; the ids and dimensions live 
   (``to_tsvector`` with the same text search configuration), each one's document
   frequency from the GIN index, term frequency from the positions in each matching
   row's tsvector, the row's token count stored at insert, the index's size and mean
-  length; k1=1.2, b=0.75, idf = ln(1 + (N - df + 0.5) / (df + 0.5)). Positions past
-  16,383 in a chunk are not counted by PostgreSQL, far beyond a chunk's size.
+  length (kept by triggers in ``vio_<hash>_stats``); k1=1.2, b=0.75,
+  idf = ln(1 + (N - df + 0.5) / (df + 0.5)). Positions past 16,383 in a chunk are not
+  counted by PostgreSQL, far beyond a chunk's size.
 - Filters become SQL over the jsonb column, typed as OpenAI's reference semantics say
   (`fnstack.api.vector_io.matches`): ``jsonb_typeof`` guards, jsonb equality (2 = 2.0,
   "2" != 2), strings ordered by code point (``COLLATE "C"``), a missing key false.
@@ -51,6 +52,34 @@ __all__ = ["PgVectorConfig", "PgVectorProvider", "create", "spec"]
 
 _REGISTRY = "fnstack_vector_indexes"
 _K1, _B = 1.2, 0.75
+
+
+# BM25 needs the index's size and mean chunk length on every keyword query: kept in a
+# one-row table by statement triggers (transition tables), not counted per query.
+# (An upsert's INSERT and UPDATE triggers see only the rows each one touched.)
+_STATS_SQL = """
+CREATE TABLE IF NOT EXISTS {t}_stats (n bigint NOT NULL, total_len bigint NOT NULL);
+INSERT INTO {t}_stats SELECT 0, 0 WHERE NOT EXISTS (SELECT 1 FROM {t}_stats);
+CREATE OR REPLACE FUNCTION {t}_count() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        UPDATE {t}_stats SET n = n + (SELECT count(*) FROM new_rows),
+            total_len = total_len + (SELECT COALESCE(sum(doc_len), 0) FROM new_rows);
+    END IF;
+    IF TG_OP IN ('DELETE', 'UPDATE') THEN
+        UPDATE {t}_stats SET n = n - (SELECT count(*) FROM old_rows),
+            total_len = total_len - (SELECT COALESCE(sum(doc_len), 0) FROM old_rows);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER {t}_ins AFTER INSERT ON {t} REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION {t}_count();
+CREATE OR REPLACE TRIGGER {t}_upd AFTER UPDATE ON {t}
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION {t}_count();
+CREATE OR REPLACE TRIGGER {t}_del AFTER DELETE ON {t} REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION {t}_count();
+"""
 
 
 class PgVectorConfig(BaseModel):
@@ -170,13 +199,17 @@ class PgVectorProvider:
                 f"ef_construction = {self.config.hnsw_ef_construction})")
             await conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_tsv ON {t} USING gin (tsv)")
             await conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_file ON {t} (file_id)")
+            await conn.execute(_STATS_SQL.format(t=t))
             await conn.execute(f"INSERT INTO {_REGISTRY} VALUES ($1, $2)", index_id, dimension)
         self._dims[index_id] = dimension
 
     async def delete_index(self, index_id: str) -> None:
         check_index_id(index_id)
         async with self._conn() as conn, conn.transaction():
-            await conn.execute(f"DROP TABLE IF EXISTS {_table(index_id)}")
+            t = _table(index_id)
+            await conn.execute(f"DROP TABLE IF EXISTS {t}")
+            await conn.execute(f"DROP TABLE IF EXISTS {t}_stats")
+            await conn.execute(f"DROP FUNCTION IF EXISTS {t}_count()")
             await conn.execute(f"DELETE FROM {_REGISTRY} WHERE index_id = $1", index_id)
         self._dims.pop(index_id, None)
 
@@ -251,7 +284,9 @@ class PgVectorProvider:
                 SELECT DISTINCT lexeme, quote_literal(lexeme)::tsquery AS tq
                 FROM unnest(to_tsvector('{ts}', {q}))
             ), stats AS (
-                SELECT count(*)::float8 AS n, COALESCE(avg(doc_len), 1)::float8 AS avgdl FROM {t}
+                SELECT n::float8 AS n,
+                       CASE WHEN n > 0 THEN total_len::float8 / n ELSE 1 END AS avgdl
+                FROM {t}_stats
             ), idf AS (
                 SELECT q.lexeme, ln(1 + (s.n - d.df + 0.5) / (d.df + 0.5)) AS idf
                 FROM q CROSS JOIN stats s
