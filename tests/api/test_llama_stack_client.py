@@ -1,0 +1,141 @@
+"""llama-stack-client (0.7.x) as a client of fnstack, in every execution mode.
+
+llama-stack-client 0.2.13 and later need Python 3.12; the project runs on 3.11, so the
+client lives in a virtualenv of its own (``.venv-lsc``, made by ``scripts/setup.sh
+--tests``) and runs `tests/support/lsc_report.py` as a subprocess against the server
+under test. The script makes every call the client has on the APIs fnstack serves and
+prints a JSON report; here each call must have worked and returned populated fields.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.api.conftest import LiveApi
+from tests.api.test_inference import models_of
+
+ROOT = Path(__file__).resolve().parents[2]
+CLIENT_PYTHON = ROOT / ".venv-lsc" / "bin" / "python"
+SCRIPT = ROOT / "tests" / "support" / "lsc_report.py"
+
+_REPORTS: dict[str, dict[str, Any]] = {}
+
+
+def _report(api: LiveApi) -> dict[str, Any]:
+    if api.base_url not in _REPORTS:
+        assert CLIENT_PYTHON.exists(), (
+            f"{CLIENT_PYTHON} is missing: run scripts/setup.sh --tests (it makes the "
+            "llama-stack-client virtualenv on Python 3.12)")
+        models = models_of(api)
+        done = subprocess.run(
+            [str(CLIENT_PYTHON), str(SCRIPT), api.base_url.removesuffix("/v1"), api.key,
+             models["reference"], models["onnx"]],
+            capture_output=True, text=True, timeout=600,
+        )
+        assert done.returncode == 0, done.stderr[-4000:]
+        _REPORTS[api.base_url] = json.loads(done.stdout.strip().splitlines()[-1])
+    return _REPORTS[api.base_url]
+
+
+@pytest.fixture
+def report(api: LiveApi) -> dict[str, Any]:
+    return _report(api)
+
+
+def _ok(report: dict[str, Any], name: str) -> Any:
+    entry = report[name]
+    assert entry["ok"], f"{name}: {entry['detail']}\n{entry.get('trace', '')}"
+    return entry["detail"]
+
+
+def test_every_call_works(report: dict[str, Any]) -> None:
+    failed = {k: v["detail"] for k, v in report.items() if not v["ok"]}
+    assert not failed, json.dumps(failed, indent=1)
+
+
+def test_models_carry_provider_and_type(report: dict[str, Any], api: LiveApi) -> None:
+    listed = _ok(report, "models.list")
+    by_provider = {m["provider_id"]: m for m in listed}
+    assert {"reference", "onnx", "openai"} <= set(by_provider)
+    for m in listed:
+        assert m["provider_id"] and m["provider_resource_id"]
+        assert m["model_type"] in ("llm", "embedding")
+    assert by_provider["reference"]["model_type"] == "llm"
+    onnx = by_provider["onnx"]
+    assert onnx["model_type"] == "embedding"
+    assert onnx["custom_metadata"]["embedding_dimension"] == 384
+    got = _ok(report, "models.retrieve")
+    assert got == {"identifier": models_of(api)["reference"], "provider_id": "reference",
+                   "model_type": "llm", "provider_resource_id": got["provider_resource_id"]}
+    assert got["provider_resource_id"]
+
+
+def test_models_register_and_unregister(report: dict[str, Any]) -> None:
+    registered = _ok(report, "models.register")
+    assert registered["identifier"].startswith("lsc-") and registered["listed"]
+    assert registered["provider_id"] == "reference" and registered["model_type"] == "llm"
+    assert _ok(report, "models.unregister") == {"listed": False}
+
+
+def test_chat_completions_plain_stream_and_history(report: dict[str, Any]) -> None:
+    plain = _ok(report, "chat.completions.create")
+    assert plain["content"] and plain["finish_reason"] in ("stop", "length")
+    streamed = _ok(report, "chat.completions.create(stream)")
+    assert streamed["chunks"] >= 1 and streamed["content"] == plain["content"]
+    listed = _ok(report, "chat.completions.list")
+    assert listed["input_messages"] == ["user"]
+    got = _ok(report, "chat.completions.retrieve")
+    assert got["id"] == plain["id"] and got["input_messages"] == ["user"]
+    assert got["content"] == plain["content"]
+
+
+def test_completions_and_embeddings(report: dict[str, Any]) -> None:
+    assert _ok(report, "completions.create")["text"]
+    assert _ok(report, "embeddings.create") == {"count": 2, "dimension": 384}
+
+
+def test_providers_carry_health(report: dict[str, Any]) -> None:
+    for name in ("providers.list", "alpha.admin.list_providers"):
+        listed = _ok(report, name)
+        assert {"reference", "onnx", "openai"} <= {p["provider_id"] for p in listed}
+        for p in listed:
+            assert p["health"]["status"] in ("OK", "Error", "Not Implemented")
+    one = _ok(report, "providers.retrieve")
+    assert one["api"] == "inference" and one["health"]["status"]
+    assert _ok(report, "alpha.admin.inspect_provider") == "inline::reference"
+
+
+def test_routes_carry_provider_types(report: dict[str, Any]) -> None:
+    routes = _ok(report, "routes.list")
+    chat = [r for r in routes if r["route"] == "/v1/chat/completions" and r["method"] == "POST"]
+    assert chat and "inline::reference" in chat[0]["provider_types"]
+    assert all(isinstance(r["provider_types"], list) for r in routes)
+    assert any(r["route"] == "/v1/messages" for r in routes)
+    v1 = _ok(report, "alpha.admin.list_routes")
+    assert v1 and all(r["route"].startswith("/v1/") for r in v1)
+
+
+def test_inspect_and_admin_health_and_version(report: dict[str, Any]) -> None:
+    assert _ok(report, "inspect.health") == "OK"
+    assert _ok(report, "alpha.admin.health") == "OK"
+    version = _ok(report, "inspect.version")
+    assert version and _ok(report, "alpha.admin.version") == version
+
+
+def test_files_and_vector_stores(report: dict[str, Any]) -> None:
+    f = _ok(report, "files")
+    assert f["bytes"] == len(b"Paris is in France.") and f["filename"] == "note.txt"
+    assert f["listed"] and f["content"] == "Paris is in France."
+    vs = _ok(report, "vector_stores")
+    assert vs["completed"] == 1 and vs["listed"]
+    assert any("capital of France" in h for h in vs["hits"])
+
+
+def test_shields(report: dict[str, Any]) -> None:
+    shields = _ok(report, "shields.list")
+    assert {"identifier": "pii", "provider_id": "rules"} in shields
