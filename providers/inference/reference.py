@@ -55,7 +55,8 @@ from fnstack.api.inference import (
     message_text,
 )
 from fnstack.api.inference import TokenLogprob as WireLogprob
-from fnstack.errors import InternalError, InvalidRequestError
+from fnstack.errors import InternalError, InvalidRequestError, RateLimitError
+from fnstack.progress import step
 from fnstack.spec import Api, ProviderContext, ProviderModel, ProviderSpec
 from providers.inference.llama.structured import (
     ArgumentsDelta,
@@ -66,7 +67,12 @@ from providers.inference.llama.structured import (
 )
 
 if TYPE_CHECKING:
-    from providers.inference.llama.generation import Engine, GenerationDelta, SamplingParams
+    from providers.inference.llama.generation import (
+        Engine,
+        GenerationDelta,
+        GenerationStream,
+        SamplingParams,
+    )
 
 __all__ = ["ReferenceConfig", "ReferenceProvider", "spec"]
 
@@ -82,6 +88,28 @@ class ReferenceConfig(BaseModel):
     for minutes on a CPU by default; it is further bounded by the context window
     (``max_seq_len`` minus the prompt), as every request is. Legacy completions keep
     OpenAI's default of 16.
+
+    Per-request limits (past one: 400 naming the limit and its key):
+
+    - ``max_sequences_per_request`` (128): prompts x ``n`` of one request.
+    - ``max_prompt_tokens_per_request`` (65536): prompt tokens over all its sequences
+      (each sequence prefills its own copy).
+    - ``max_tokens_cap`` (4096): the largest ``max_tokens``/``max_completion_tokens``
+      accepted (the context window bounds generation further).
+
+    Admission and fairness (the engine's scheduler, `providers.inference.llama.generation`):
+
+    - ``max_pending_sequences`` (256) and ``max_pending_tokens`` (65536): the work taken
+      at once, running or waiting for one of the ``max_batch_size`` KV-cache slots;
+      tokens are prompt + ``max_tokens`` per sequence, less what is done. A request that
+      would pass either while others are pending gets 429 ``server_busy`` with a
+      ``retry-after`` estimated from the measured throughput; a request alone is taken.
+    - Waiting sequences get a slot fewest-tokens-left first, so a short request is not
+      stuck behind long ones: with no free slot it preempts the running sequence with
+      the most tokens left (at least twice its own), once that one has generated
+      ``preempt_after_tokens`` (16) since it got its slot. The preempted one resumes
+      later by recomputing its KV cache. A sequence waiting ``aging_s`` (20 s) goes
+      first whatever its length, so long requests are not starved either.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -99,6 +127,15 @@ class ReferenceConfig(BaseModel):
     # 512 by default (~20-60 s of CPU decode for the bundled model), and never past the
     # context window (max_seq_len minus the prompt).
     default_max_tokens: int = Field(default=512, ge=1)
+    # Per-request limits -> 400 (see the class docstring).
+    max_sequences_per_request: int = Field(default=128, ge=1)
+    max_prompt_tokens_per_request: int = Field(default=65536, ge=1)
+    max_tokens_cap: int = Field(default=4096, ge=1)
+    # Admission -> 429 server_busy + retry-after, and fairness (see the class docstring).
+    max_pending_sequences: int = Field(default=256, ge=1)
+    max_pending_tokens: int = Field(default=65536, ge=1)
+    preempt_after_tokens: int = Field(default=16, ge=1)
+    aging_s: float = Field(default=20.0, gt=0)
 
     @field_validator("model_path", "device", mode="before")
     @classmethod
@@ -138,15 +175,23 @@ class ReferenceProvider:
                 path = Path(self.config.model_path) if self.config.model_path else bundled_gguf()
                 if not path.is_file():
                     raise InvalidRequestError(f"model file {path} does not exist")
-                self._engine = await asyncio.to_thread(
-                    Engine.load,
-                    path,
-                    self.config.device,
-                    max_batch_size=self.config.max_batch_size,
-                    max_seq_len=self.config.max_seq_len,
-                    num_threads=self.config.num_threads,
-                    cache_dir=self.context.cache_dir,
-                )
+                cfg = self.config
+                # The first load dequantizes and caches the weights: say so, not silence.
+                with step(f"loading {cfg.model_id} (first run: caching its weights)",
+                          expect="about a minute"):
+                    self._engine = await asyncio.to_thread(
+                        Engine.load,
+                        path,
+                        cfg.device,
+                        max_batch_size=cfg.max_batch_size,
+                        max_seq_len=cfg.max_seq_len,
+                        num_threads=cfg.num_threads,
+                        cache_dir=self.context.cache_dir,
+                        max_pending_sequences=cfg.max_pending_sequences,
+                        max_pending_tokens=cfg.max_pending_tokens,
+                        preempt_after=cfg.preempt_after_tokens,
+                        aging_s=cfg.aging_s,
+                    )
             return self._engine
 
     async def list_models(self) -> list[ProviderModel]:
@@ -175,18 +220,23 @@ class ReferenceProvider:
             prompt = engine.apply_chat_template(messages)
         except ValueError as exc:
             raise InvalidRequestError(str(exc), param="messages") from exc
+        n = request.n or 1
+        self._check_max_tokens(
+            request.max_new_tokens(),
+            "max_completion_tokens" if request.max_completion_tokens else "max_tokens",
+        )
+        ids = self._encode(engine, prompt, "messages")
+        self._check_request(n, len(ids) * n, "n", "messages")
         grammar, param = _grammar_for(request, tools)
         if grammar is not None:
             await self._prepare(engine, grammar, param)
-        n = request.n or 1
-        streams = [
-            self._generate(engine, prompt, self._params(request, i, grammar), "messages")
-            for i in range(n)
-        ]
+        streams = self._submit(
+            engine, [(ids, self._params(request, i, grammar)) for i in range(n)], "messages"
+        )
         names = {t["name"] for t in tools} if tools else None
         if request.stream:
             return self._chat_stream(request, streams, names)
-        results = await asyncio.gather(*(_collect(s) for s in streams))
+        results = await _collect_all(streams)
         choices = []
         prompt_tokens = completion_tokens = 0
         for i, (text, logprobs, finish, usage) in enumerate(results):
@@ -230,7 +280,7 @@ class ReferenceProvider:
     async def _chat_stream(
         self,
         request: ChatCompletionRequest,
-        streams: list[AsyncIterator[GenerationDelta]],
+        streams: list[GenerationStream],
         tool_names: set[str] | None,
     ) -> AsyncIterator[ChatCompletionChunk]:
         cid = f"chatcmpl-{secrets.token_hex(12)}"
@@ -332,11 +382,21 @@ class ReferenceProvider:
         if request.stream and len(jobs) > 1:
             raise InvalidRequestError("streaming supports one prompt and n=1",
                                       param="stream")
-        streams = [self._generate(engine, p, self._completion_params(request, i), "prompt")
-                   for p, i in jobs]
+        self._check_max_tokens(request.max_tokens, "max_tokens")
+        # Count before encoding: 2048 prompts x n=8 is refused without tokenizing them.
+        self._check_request(len(jobs), 0, "n" if n > 1 else "prompt", "prompt")
+        encoded = [p if isinstance(p, list) else self._encode(engine, p, "prompt")
+                   for p in prompts]
+        self._check_request(len(jobs), sum(len(ids) for ids in encoded) * n, "prompt",
+                            "prompt")
+        streams = self._submit(
+            engine,
+            [(ids, self._completion_params(request, i)) for ids in encoded for i in range(n)],
+            "prompt",
+        )
         if request.stream:
             return self._completion_stream(request, streams[0], prompts[0], engine)
-        results = await asyncio.gather(*(_collect(s) for s in streams))
+        results = await _collect_all(streams)
         choices = []
         prompt_tokens = completion_tokens = 0
         for index, ((p, _), (text, lps, finish, usage)) in enumerate(zip(jobs, results,
@@ -400,12 +460,47 @@ class ReferenceProvider:
 
     # --- helpers ----------------------------------------------------------------------------
 
-    def _generate(self, engine: Engine, prompt: str | list[int], params: SamplingParams,
-                  param: str) -> AsyncIterator[GenerationDelta]:
+    def _submit(self, engine: Engine, jobs: list[tuple[str | list[int], SamplingParams]],
+                param: str) -> list[GenerationStream]:
+        """All the request's sequences, taken together (or a 429 for the whole request)."""
         try:
-            return engine.generate(prompt, params)
+            return engine.generate_many(jobs)
         except (ValueError, RuntimeError) as exc:
             raise _translate(exc, param) from exc
+
+    @staticmethod
+    def _encode(engine: Engine, prompt: str, param: str) -> list[int]:
+        ids = engine.encode(prompt)
+        if not ids:
+            raise InvalidRequestError("the prompt is empty", param=param)
+        return ids
+
+    def _check_max_tokens(self, max_tokens: int | None, param: str) -> None:
+        cap = self.config.max_tokens_cap
+        if max_tokens is not None and max_tokens > cap:
+            raise InvalidRequestError(
+                f"{param} is {max_tokens}; this server generates at most {cap} tokens per "
+                f"request (inline::reference config max_tokens_cap): ask for fewer",
+                param=param, code="max_tokens_too_large",
+            )
+
+    def _check_request(self, sequences: int, prompt_tokens: int, seq_param: str,
+                       prompt_param: str) -> None:
+        cfg = self.config
+        if sequences > cfg.max_sequences_per_request:
+            raise InvalidRequestError(
+                f"this request asks for {sequences} completions (prompts x n); at most "
+                f"{cfg.max_sequences_per_request} per request (inline::reference config "
+                f"max_sequences_per_request): split the request",
+                param=seq_param, code="request_too_large",
+            )
+        if prompt_tokens > cfg.max_prompt_tokens_per_request:
+            raise InvalidRequestError(
+                f"the prompts of this request hold {prompt_tokens} tokens (over prompts x n); "
+                f"at most {cfg.max_prompt_tokens_per_request} per request (inline::reference "
+                f"config max_prompt_tokens_per_request): split the request",
+                param=prompt_param, code="request_too_large",
+            )
 
     def _params(
         self, request: ChatCompletionRequest, index: int, grammar: str | None = None
@@ -413,8 +508,9 @@ class ReferenceProvider:
         from providers.inference.llama.generation import SamplingParams
 
         temperature = 1.0 if request.temperature is None else request.temperature
+        default = min(self.config.default_max_tokens, self.config.max_tokens_cap)
         return SamplingParams(
-            max_tokens=request.max_new_tokens() or self.config.default_max_tokens,
+            max_tokens=request.max_new_tokens() or default,
             temperature=temperature,
             top_p=request.top_p if request.top_p is not None else 1.0,
             seed=None if request.seed is None else request.seed + index,
@@ -440,13 +536,28 @@ class ReferenceProvider:
 
 
 def _translate(exc: BaseException, param: str) -> Exception:
-    from providers.inference.llama.generation import ContextLengthError
+    from providers.inference.llama.generation import ContextLengthError, EngineBusyError
 
+    if isinstance(exc, EngineBusyError):
+        return RateLimitError(str(exc), code="server_busy",
+                              headers={"retry-after": str(exc.retry_after)})
     if isinstance(exc, ContextLengthError):
         return InvalidRequestError(str(exc), param=param, code="context_length_exceeded")
     if isinstance(exc, ValueError):
         return InvalidRequestError(str(exc), param=param)
     return InternalError(f"generation failed: {exc}")
+
+
+async def _collect_all(
+    streams: list[GenerationStream],
+) -> list[tuple[str, list[WireLogprob], str, tuple[int, int]]]:
+    """Every sequence's whole output. However this ends (an error in one, the request
+    cancelled because its client left), no sequence runs on afterwards."""
+    try:
+        return await asyncio.gather(*(_collect(s) for s in streams))
+    finally:
+        for s in streams:
+            s.cancel()
 
 
 async def _collect(

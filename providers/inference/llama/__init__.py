@@ -33,9 +33,13 @@ Usage, from async code (the provider)::
   context window (``engine.args.max_seq_len``), ``ValueError`` for bad parameters.
   Generation past the window is clamped (finish_reason ``"length"``).
 * Streams from concurrent requests are decoded together in one batch (up to
-  ``max_batch_size``; more wait for a slot). Leaving the ``async for`` early (then
-  ``aclose()``, or dropping the iterator) or cancelling the consuming task stops that
-  sequence and frees its slot; ``engine.num_active`` counts running + waiting requests.
+  ``max_batch_size``; more wait for a slot, the fewest tokens left first, and a much
+  shorter one may preempt a long one: see ``generation``). ``generate_many()`` submits a
+  request's sequences all or none; past ``max_pending_sequences``/``max_pending_tokens``
+  it raises ``EngineBusyError`` (``retry_after`` seconds; map to 429). Leaving the
+  ``async for`` early (then ``aclose()``/``cancel()``, or dropping the iterator) or
+  cancelling the consuming task stops that sequence and frees its slot;
+  ``engine.num_active`` counts running + waiting sequences.
 * A non-streaming call is ``"".join(d.text async for d in engine.generate(...))``.
 * ``ChatTemplateError`` (a ValueError) when the model's template rejects the messages.
 * ``Engine.load(path, device=None, *, dtype=None, quantize=None, max_batch_size=8,
@@ -59,8 +63,10 @@ from .constrained import GrammarError
 from .generation import (
     ContextLengthError,
     Engine,
+    EngineBusyError,
     EngineClosedError,
     GenerationDelta,
+    GenerationStream,
     SamplingParams,
     TokenLogprob,
     Usage,
@@ -70,8 +76,10 @@ __all__ = [
     "ChatTemplateError",
     "ContextLengthError",
     "Engine",
+    "EngineBusyError",
     "EngineClosedError",
     "GenerationDelta",
+    "GenerationStream",
     "GrammarError",
     "ModelArgs",
     "SamplingParams",

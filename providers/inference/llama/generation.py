@@ -2,7 +2,7 @@
 
 One worker thread owns the model and runs the scheduling loop::
 
-    loop:  admit waiting requests into free KV-cache slots
+    loop:  admit waiting sequences into free KV-cache slots (shortest first; may preempt)
            prefill one chunk of each new prompt           (one forward per prompt)
            decode one token for every running sequence    (ONE forward for all)
            sample per sequence, hand deltas to the asyncio consumers
@@ -11,21 +11,37 @@ Callers stay on their event loop: ``Engine.generate()`` returns an async iterato
 fed through ``loop.call_soon_threadsafe``. Keeping torch on a thread (instead of one
 ``asyncio.to_thread`` per step) keeps the event loop free, costs no per-step task
 overhead, and lets callers on any event loop share the engine. A consumer that stops
-iterating (or whose task is cancelled) flags its sequence; the worker drops it and
-frees its slot at the next step.
+iterating (or whose task is cancelled, or that drops the iterator) flags its sequence;
+the worker drops it and frees its slot at the next step.
+
+Admission and fairness. Work is bounded where it enters: ``generate_many()`` refuses
+(``EngineBusyError``, with a retry-after) a request whose sequences or tokens would pass
+``max_pending_sequences`` / ``max_pending_tokens`` while other work is pending; a request
+alone is always taken. Inside the bound nobody starves behind long generations:
+
+    waiting order:  sequences waiting >= aging_s first (oldest first), then the fewest
+                    tokens left to generate first
+    preemption:     with no free slot, the best waiting sequence takes the slot of the
+                    running sequence with the most tokens left, if that one has run
+                    >= preempt_after tokens since admission and has at least twice as
+                    many tokens left (any amount more, for a sequence past aging_s)
+
+A preempted sequence keeps its sampler, grammar and detokenizer state and loses only
+its KV cache: when readmitted it prefills its prompt plus the tokens it generated (as
+vLLM's recompute preemption), then continues where it was.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
+import math
 import os
 import queue
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +53,7 @@ from .chat_format import ChatFormat
 from .constrained import Grammars, TokenMasker
 from .gguf_loader import LoadStats, cache_path_for, load_gguf, read_cache, write_cache
 from .model import Transformer
+from .stops import StopMatcher
 from .tokenizer import IncrementalDecoder, token_bytes, tokenizer_from_gguf
 
 logger = logging.getLogger(__name__)
@@ -51,6 +68,14 @@ class ContextLengthError(ValueError):
 
 class EngineClosedError(RuntimeError):
     """The engine was closed while a request was waiting or running."""
+
+
+class EngineBusyError(RuntimeError):
+    """Taking the request would pass the bound on pending work (map to HTTP 429)."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after  # seconds, estimated from the measured throughput
 
 
 @dataclass
@@ -123,46 +148,13 @@ class GenerationDelta:
     usage: Usage | None = None
 
 
-class _StopMatcher:
-    """Holds back text that could be the start of a stop sequence.
-
-    A stop string may arrive split over several tokens ("<|" then "end|>"), so text
-    that ends with a prefix of some stop string is not released until the next token
-    decides. Released text therefore never contains (part of) a stop string.
-    """
-
-    def __init__(self, stops: list[str]) -> None:
-        self.stops = stops
-        self.pending = ""
-
-    def feed(self, text: str) -> tuple[str, bool]:
-        """Add text; return (text safe to emit, whether a stop sequence matched)."""
-        self.pending += text
-        if not self.stops:
-            out, self.pending = self.pending, ""
-            return out, False
-        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            out, self.pending = self.pending[: min(hits)], ""
-            return out, True
-        keep = 0
-        for s in self.stops:
-            for k in range(min(len(s) - 1, len(self.pending)), keep, -1):
-                if self.pending.endswith(s[:k]):
-                    keep = k
-                    break
-        cut = len(self.pending) - keep
-        out, self.pending = self.pending[:cut], self.pending[cut:]
-        return out, False
-
-
 @dataclass(eq=False)
 class _Sequence:
     prompt_ids: list[int]
     params: SamplingParams
     emit: Callable[[GenerationDelta | BaseException], None]
     decoder: IncrementalDecoder
-    stop: _StopMatcher
+    stop: StopMatcher
     stop_ids: frozenset[int]
     max_new: int
     generator: torch.Generator | None
@@ -173,10 +165,67 @@ class _Sequence:
     n_generated: int = 0
     cancelled: bool = False  # set from the consumer's thread; a bool store is atomic
     finished: bool = False
+    # What the slot must hold before decoding: the prompt, or after a preemption the
+    # prompt plus every generated token but the last (``next_token``, fed next).
+    prefill_ids: list[int] = field(default_factory=list)
+    output_ids: list[int] = field(default_factory=list)
+    charged: int = 0  # tokens of work this sequence still counts in the engine's load
+    queued_at: float = 0.0  # when it last joined the waiting list
+    slice_start: int = 0  # n_generated when it last got a slot
+
+    @property
+    def remaining(self) -> int:
+        return self.max_new - self.n_generated
 
     @property
     def greedy(self) -> bool:
         return self.params.temperature < 1e-5
+
+
+class GenerationStream:
+    """The deltas of one submitted sequence, as an async iterator.
+
+    The sequence is queued as soon as it is submitted. ``aclose()``/``cancel()``, a
+    cancelled consuming task, or dropping the object stops it: the worker frees its slot
+    (or takes it off the waiting list) at its next step.
+    """
+
+    def __init__(self, seq: _Sequence, inbox: asyncio.Queue[GenerationDelta | BaseException]):
+        self._seq = seq
+        self._inbox = inbox
+        self._done = False
+
+    def __aiter__(self) -> GenerationStream:
+        return self
+
+    async def __anext__(self) -> GenerationDelta:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            item = await self._inbox.get()
+        except BaseException:  # the consuming task was cancelled: nobody will read on
+            self.cancel()
+            raise
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        if item.finish_reason is not None:
+            self._done = True
+        return item
+
+    def cancel(self) -> None:
+        self._done = True
+        self._seq.cancelled = True
+
+    async def aclose(self) -> None:
+        self.cancel()
+
+    def __del__(self) -> None:
+        # A stream dropped unread (a request task cancelled before it iterated) must
+        # not keep generating for nobody.
+        seq = getattr(self, "_seq", None)
+        if seq is not None:
+            seq.cancelled = True
 
 
 class Engine:
@@ -192,6 +241,10 @@ class Engine:
         max_batch_size: int,
         prefill_chunk: int,
         load_stats: LoadStats,
+        max_pending_sequences: int = 256,
+        max_pending_tokens: int = 65536,
+        preempt_after: int = 16,
+        aging_s: float = 20.0,
     ) -> None:
         self.model = model
         self.args: ModelArgs = model.args
@@ -205,13 +258,25 @@ class Engine:
         self._vocab = [tokenizer.id_to_token(i) or "" for i in range(tokenizer.get_vocab_size())]
         self.grammars = Grammars(tokenizer, tokenizer.get_vocab_size(), eos_ids)
         self._masker = TokenMasker(tokenizer.get_vocab_size(), max_batch_size)
+        self.max_pending_sequences = max_pending_sequences
+        self.max_pending_tokens = max_pending_tokens
+        self.preempt_after = max(1, preempt_after)
+        self.aging_s = aging_s
         self._inbox: queue.SimpleQueue[_Sequence | None] = queue.SimpleQueue()
-        self._waiting: collections.deque[_Sequence] = collections.deque()
+        self._waiting: list[_Sequence] = []
         self._running: list[_Sequence] = []
         self._free_slots = list(range(max_batch_size))
         self._closed = False
+        # The load: sequences submitted and not yet retired, and the tokens of work they
+        # still hold (prompt + max_new at submission, less each token as it is done).
+        # Written by the event loop (submit) and the worker (progress): under a lock.
+        self._load_lock = threading.Lock()
+        self._pending_sequences = 0
+        self._pending_tokens = 0
+        self._tokens_per_s: float | None = None  # decode throughput, for retry-after
         self.decode_steps = 0  # forward passes that decoded >= 1 sequence
         self.max_batch_seen = 0  # largest number of sequences decoded in one forward
+        self.preemptions = 0  # running sequences sent back to wait for a shorter one
         self._thread = threading.Thread(target=self._run, name="llama-engine", daemon=True)
         self._thread.start()
 
@@ -231,6 +296,10 @@ class Engine:
         num_threads: int | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         use_cache: bool = True,
+        max_pending_sequences: int = 256,
+        max_pending_tokens: int = 65536,
+        preempt_after: int = 16,
+        aging_s: float = 20.0,
     ) -> Engine:
         """Load a GGUF model. Blocking (seconds); from async code use ``asyncio.to_thread``.
 
@@ -239,7 +308,8 @@ class Engine:
         memory-bound and reads 8x fewer weight bytes than float32. With
         ``quantize=False`` the CPU runs plain float32 matmuls, the exact reference math.
         ``max_seq_len`` caps the GGUF's context length: the KV cache is preallocated
-        for ``max_batch_size`` sequences of that length.
+        for ``max_batch_size`` sequences of that length. ``max_pending_*``,
+        ``preempt_after`` and ``aging_s`` shape admission and fairness (module docstring).
         """
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -300,6 +370,10 @@ class Engine:
             max_batch_size=max_batch_size,
             prefill_chunk=prefill_chunk,
             load_stats=stats,
+            max_pending_sequences=max_pending_sequences,
+            max_pending_tokens=max_pending_tokens,
+            preempt_after=preempt_after,
+            aging_s=aging_s,
         )
 
     # -- public API ----------------------------------------------------------------
@@ -318,24 +392,67 @@ class Engine:
 
     @property
     def num_active(self) -> int:
-        """Sequences holding a KV-cache slot or waiting for one."""
-        return len(self._running) + len(self._waiting) + self._inbox.qsize()
+        """Sequences submitted and not yet done: running, waiting, or just submitted."""
+        return self._pending_sequences
+
+    @property
+    def pending_tokens(self) -> int:
+        """Tokens of work the pending sequences still hold (prompt + tokens to generate)."""
+        return self._pending_tokens
 
     def generate(
         self, prompt: str | list[int], params: SamplingParams | None = None
-    ) -> AsyncIterator[GenerationDelta]:
+    ) -> GenerationStream:
         """Start generating; iterate the result for deltas.
 
         Raises at once (not on first iteration) ``ContextLengthError`` when the prompt
         leaves no room to generate, ``ValueError`` on bad parameters (``GrammarError``
-        for a grammar that does not compile). A new grammar compiles here, blocking:
-        async callers ``await asyncio.to_thread(engine.grammars.prepare, grammar)`` first.
+        for a grammar that does not compile), ``EngineBusyError`` past the bound on
+        pending work. A new grammar compiles here, blocking: async callers
+        ``await asyncio.to_thread(engine.grammars.prepare, grammar)`` first.
+        Call from a running event loop (the deltas are delivered to it).
+        """
+        return self.generate_many([(prompt, params or SamplingParams())])[0]
+
+    def generate_many(
+        self, jobs: list[tuple[str | list[int], SamplingParams]]
+    ) -> list[GenerationStream]:
+        """Submit the sequences of one request together: all are taken, or none.
+
+        Validates every job first (as ``generate``), then checks the whole request
+        against ``max_pending_sequences``/``max_pending_tokens``: while other work is
+        pending, a request that would pass either is refused with ``EngineBusyError``.
+        A request alone is always taken (per-request limits are the caller's).
         """
         if self._closed:
             raise EngineClosedError("the engine is closed")
-        params = params or SamplingParams()
-        params.validate()
-        ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        checked = []
+        for prompt, params in jobs:
+            params.validate()
+            ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
+            self._check_prompt(ids)
+            matcher = self.grammars.matcher(params.grammar) if params.grammar else None
+            checked.append((ids, params, matcher))
+        loop = asyncio.get_running_loop()
+        seqs = [self._new_sequence(ids, params, matcher) for ids, params, matcher in checked]
+        cost = sum(seq.charged for seq in seqs)
+        with self._load_lock:
+            if self._pending_sequences and (
+                self._pending_sequences + len(seqs) > self.max_pending_sequences
+                or self._pending_tokens + cost > self.max_pending_tokens
+            ):
+                raise self._busy(len(seqs), cost)
+            self._pending_sequences += len(seqs)
+            self._pending_tokens += cost
+        streams = []
+        for seq in seqs:
+            inbox: asyncio.Queue[GenerationDelta | BaseException] = asyncio.Queue()
+            seq.emit = _emitter(loop, inbox)
+            streams.append(GenerationStream(seq, inbox))
+            self._inbox.put(seq)
+        return streams
+
+    def _check_prompt(self, ids: list[int]) -> None:
         if not ids:
             raise ValueError("the prompt is empty")
         limit = self.args.max_seq_len
@@ -346,32 +463,19 @@ class Engine:
             )
         if (bad := max(ids)) >= self.args.vocab_size or min(ids) < 0:
             raise ValueError(f"token id {bad} is outside the vocabulary")
-        matcher = self.grammars.matcher(params.grammar) if params.grammar else None
-        return self._stream(ids, params, matcher)
 
-    async def _stream(
-        self, ids: list[int], params: SamplingParams, matcher: Any = None
-    ) -> AsyncIterator[GenerationDelta]:
-        loop = asyncio.get_running_loop()
-        inbox: asyncio.Queue[GenerationDelta | BaseException] = asyncio.Queue()
-
-        def emit(item: GenerationDelta | BaseException) -> None:
-            loop.call_soon_threadsafe(inbox.put_nowait, item)
-
-        seq = self._new_sequence(ids, params, emit)
-        seq.matcher = matcher
-        self._inbox.put(seq)
-        try:
-            while True:
-                item = await inbox.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.finish_reason is not None:
-                    return
-        finally:
-            # Consumer gone (break, aclose, task cancelled, error): free the slot.
-            seq.cancelled = True
+    def _busy(self, n: int, cost: int) -> EngineBusyError:
+        # Past the bound by `excess` tokens: about that much work must be done first.
+        excess = max(self._pending_tokens + cost - self.max_pending_tokens, cost)
+        rate = self._tokens_per_s
+        wait = 1 if not rate else min(60, max(1, math.ceil(excess / rate)))
+        return EngineBusyError(
+            f"the model is busy ({self._pending_sequences} sequences holding "
+            f"{self._pending_tokens} tokens of work; this request adds {n} holding {cost}; "
+            f"limits max_pending_sequences={self.max_pending_sequences}, "
+            f"max_pending_tokens={self.max_pending_tokens}); retry in {wait} s",
+            retry_after=wait,
+        )
 
     async def close(self) -> None:
         """Stop the worker; requests still running end with ``EngineClosedError``."""
@@ -383,9 +487,7 @@ class Engine:
 
     # -- worker thread -------------------------------------------------------------
 
-    def _new_sequence(
-        self, ids: list[int], params: SamplingParams, emit: Callable[[Any], None]
-    ) -> _Sequence:
+    def _new_sequence(self, ids: list[int], params: SamplingParams, matcher: Any) -> _Sequence:
         room = self.args.max_seq_len - len(ids)
         max_new = min(params.max_tokens or room, room)
         generator = None
@@ -398,12 +500,15 @@ class Engine:
         return _Sequence(
             prompt_ids=ids,
             params=params,
-            emit=emit,
+            emit=_unbound,
             decoder=IncrementalDecoder(self.tokenizer),
-            stop=_StopMatcher(list(params.stop)),
+            stop=StopMatcher(list(params.stop)),
             stop_ids=stop_ids,
             max_new=max_new,
             generator=generator,
+            matcher=matcher,
+            prefill_ids=ids,
+            charged=len(ids) + max_new,
         )
 
     def _run(self) -> None:
@@ -426,11 +531,19 @@ class Engine:
         error = EngineClosedError("the engine was closed")
         for seq in [*self._running, *self._waiting]:
             self._finish(seq, error)
-        self._running, self._waiting = [], collections.deque()
+        while True:  # submitted after the last admission: nobody will run them
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                self._finish(item, error)
+        self._running, self._waiting = [], []
 
     def _admit(self) -> bool:
-        """Move new requests into free slots. Blocks while idle. False: shutting down."""
+        """Give slots to waiting sequences. Blocks while idle. False: shutting down."""
         block = not self._running and not self._waiting
+        now = time.monotonic()
         while True:
             try:
                 item = self._inbox.get(block=block, timeout=None)
@@ -438,17 +551,57 @@ class Engine:
                 break
             if item is None:
                 return False
+            item.queued_at = now
             self._waiting.append(item)
             block = False
-        while self._waiting and self._free_slots:
-            seq = self._waiting.popleft()
-            if seq.cancelled:
-                continue
+        self._waiting = [s for s in self._waiting if not self._drop_if_cancelled(s)]
+        while self._waiting:
+            seq = min(self._waiting, key=lambda s: self._priority(s, now))
+            if not self._free_slots:
+                victim = self._victim(seq, now)
+                if victim is None:
+                    break
+                self._preempt(victim, now)
+            self._waiting.remove(seq)
             self._free_slots.sort()  # lowest slots first: running slots stay consecutive
             seq.slot = self._free_slots.pop(0)
+            seq.slice_start = seq.n_generated
             self._running.append(seq)
-        self._waiting = collections.deque(s for s in self._waiting if not s.cancelled)
         return True
+
+    def _priority(self, seq: _Sequence, now: float) -> tuple[int, float]:
+        if now - seq.queued_at >= self.aging_s:
+            return (0, seq.queued_at)  # waited long enough: oldest first
+        return (1, seq.remaining)  # else the fewest tokens left first
+
+    def _victim(self, seq: _Sequence, now: float) -> _Sequence | None:
+        """The running sequence ``seq`` may take the slot of, if any."""
+        eligible = [
+            r for r in self._running
+            if not r.finished and r.n_generated - r.slice_start >= self.preempt_after
+        ]
+        if not eligible:
+            return None
+        victim = max(eligible, key=lambda r: r.remaining)
+        aged = now - seq.queued_at >= self.aging_s
+        # Thrashing guard: only for a much shorter sequence (or one waiting too long),
+        # and never for a victim about to finish anyway.
+        if victim.remaining <= self.preempt_after:
+            return None
+        if aged or 2 * seq.remaining <= victim.remaining:
+            return victim
+        return None
+
+    def _preempt(self, seq: _Sequence, now: float) -> None:
+        self._running.remove(seq)
+        self._free_slots.append(seq.slot)
+        seq.slot = -1
+        # n_generated >= preempt_after >= 1 here: next_token holds the last output token.
+        seq.prefill_ids = seq.prompt_ids + seq.output_ids[:-1]
+        seq.pos = 0
+        seq.queued_at = now
+        self._waiting.append(seq)
+        self.preemptions += 1
 
     def _step(self) -> None:
         self._running = [s for s in self._running if not self._drop_if_cancelled(s)]
@@ -456,16 +609,19 @@ class Engine:
         # the sequences already decoding for its whole length.
         decoding: list[_Sequence] = []
         for seq in self._running:
-            if seq.pos < len(seq.prompt_ids):
-                chunk = seq.prompt_ids[seq.pos : seq.pos + self.prefill_chunk]
+            if seq.pos < len(seq.prefill_ids):
+                chunk = seq.prefill_ids[seq.pos : seq.pos + self.prefill_chunk]
                 tokens = torch.tensor([chunk], device=self.device)
                 logits = self.model(tokens, [seq.slot], [seq.pos])
                 seq.pos += len(chunk)
-                if seq.pos == len(seq.prompt_ids):
+                if seq.pos == len(seq.prefill_ids) and seq.n_generated == 0:
+                    self._charge(seq, len(seq.prompt_ids))
                     self._accept([seq], logits)
+                # A resumed sequence already holds its next token: it decodes next step.
             else:
                 decoding.append(seq)
         if decoding:
+            start = time.perf_counter()
             decoding.sort(key=lambda s: s.slot)
             tokens = torch.tensor([[s.next_token] for s in decoding], device=self.device)
             logits = self.model(tokens, [s.slot for s in decoding], [s.pos for s in decoding])
@@ -474,13 +630,35 @@ class Engine:
             self.decode_steps += 1
             self.max_batch_seen = max(self.max_batch_seen, len(decoding))
             self._accept(decoding, logits)
+            rate = len(decoding) / max(time.perf_counter() - start, 1e-6)
+            prev = self._tokens_per_s
+            self._tokens_per_s = rate if prev is None else 0.9 * prev + 0.1 * rate
         self._running = [s for s in self._running if not s.finished]
 
     def _drop_if_cancelled(self, seq: _Sequence) -> bool:
-        if seq.cancelled and not seq.finished:
-            seq.finished = True
-            self._free_slots.append(seq.slot)
+        if seq.cancelled:
+            self._retire(seq)
         return seq.cancelled
+
+    def _charge(self, seq: _Sequence, done: int) -> None:
+        """``done`` tokens of the sequence's work are done: take them off the load."""
+        done = min(done, seq.charged)
+        seq.charged -= done
+        with self._load_lock:
+            self._pending_tokens -= done
+
+    def _retire(self, seq: _Sequence) -> None:
+        """The sequence leaves the engine: free its slot and its share of the load."""
+        if seq.finished:
+            return
+        seq.finished = True
+        if seq.slot >= 0:
+            self._free_slots.append(seq.slot)
+            seq.slot = -1
+        with self._load_lock:
+            self._pending_sequences -= 1
+            self._pending_tokens -= seq.charged
+        seq.charged = 0
 
     def _accept(self, seqs: list[_Sequence], logits: torch.Tensor) -> None:
         """Sample one token per row of logits [B, V] and advance each sequence."""
@@ -545,6 +723,8 @@ class Engine:
     def _advance(self, seq: _Sequence, token: int, lp: TokenLogprob | None) -> None:
         seq.n_generated += 1
         seq.next_token = token
+        seq.output_ids.append(token)
+        self._charge(seq, 1)
         if token in seq.stop_ids:
             text, _ = seq.stop.feed(seq.decoder.flush())
             self._finish(seq, GenerationDelta(text + seq.stop.pending, [], None, "stop"))
@@ -577,17 +757,25 @@ class Engine:
     def _finish(self, seq: _Sequence, final: GenerationDelta | BaseException) -> None:
         if isinstance(final, GenerationDelta):
             final.usage = Usage(len(seq.prompt_ids), seq.n_generated)
-        if not seq.finished:
-            seq.finished = True
-            if seq.slot >= 0:
-                self._free_slots.append(seq.slot)
+        self._retire(seq)
         self._send(seq, final)
 
     def _send(self, seq: _Sequence, item: GenerationDelta | BaseException) -> None:
         try:
             seq.emit(item)
         except RuntimeError:  # the consumer's event loop is closed: nobody listens
-            if not seq.finished:
-                seq.finished = True
-                self._free_slots.append(seq.slot)
             seq.cancelled = True
+            self._retire(seq)
+
+
+def _emitter(
+    loop: asyncio.AbstractEventLoop, inbox: asyncio.Queue[GenerationDelta | BaseException]
+) -> Callable[[GenerationDelta | BaseException], None]:
+    def emit(item: GenerationDelta | BaseException) -> None:
+        loop.call_soon_threadsafe(inbox.put_nowait, item)
+
+    return emit
+
+
+def _unbound(item: GenerationDelta | BaseException) -> None:
+    raise RuntimeError("sequence not bound to a consumer")
