@@ -488,6 +488,15 @@ class VectorStoresService(Service):
             raise ServiceUnavailableError(
                 f"vector store {vs_id!r} lives in provider {vs['provider_id']!r}, which is "
                 "not configured here")
+        wanted: set[str] = {"vector", "keyword"} if request.search_mode == "hybrid" else {
+            request.search_mode}
+        missing = wanted - set(provider.search_modes)
+        if missing:
+            raise InvalidRequestError(
+                f"vector store {vs_id!r} lives in provider {vs['provider_id']!r}, which has no "
+                f"{' or '.join(sorted(missing))} search; use search_mode "
+                f"{sorted(provider.search_modes)[0]!r}",
+                param="search_mode", code="unsupported_search_mode")
         queries = [request.query] if isinstance(request.query, str) else list(request.query)
         if request.rewrite_query:
             queries = [rewrite(q) for q in queries]
