@@ -90,13 +90,42 @@ install_llamacpp() {
   check_conflicts
 }
 
+# llama-stack-client 0.2.13 and later need Python 3.12, the project runs on 3.11: the
+# API suite runs the client from a virtualenv of its own (tests/api/
+# test_llama_stack_client.py). Reused when already at the pinned version.
+LSC_VENV=${LSC_VENV:-.venv-lsc}
+LSC_VERSION=0.7.5
+install_llama_stack_client() {
+  "$LSC_VENV/bin/python" -c "import importlib.metadata as m, sys
+sys.exit(m.version('llama-stack-client') != '$LSC_VERSION')" 2>/dev/null && return 0
+  local py312="" candidate t0=$SECONDS
+  for candidate in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python3.12 \
+                   "$(command -v python3.12 || true)"; do
+    if [ -n "$candidate" ] && "$candidate" -c "" 2>/dev/null; then py312=$candidate; break; fi
+  done
+  if [ -z "$py312" ]; then
+    say "FAILED: the llama-stack-client tests need python3.12 (pyenv install 3.12)"
+    exit 1
+  fi
+  say "llama-stack-client $LSC_VERSION in $LSC_VENV (Python 3.12; about a minute)"
+  "$py312" -m venv "$LSC_VENV"
+  echo '*' > "$LSC_VENV/.gitignore"
+  if ! "$LSC_VENV/bin/python" -m pip install -q --disable-pip-version-check \
+      "llama-stack-client==$LSC_VERSION" >>"$LOG" 2>&1; then
+    say "FAILED: installing llama-stack-client; the last lines of $LOG:"
+    tail -n 30 "$LOG" >&2
+    exit 1
+  fi
+  say "  done in $(elapsed "$t0")"
+}
+
 # Sourced (by tests/unit/test_setup_script.py): the functions above, nothing run.
 if [ "${BASH_SOURCE[0]}" != "$0" ]; then
   return 0
 fi
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ]; then
-  [ "$WITH_LLAMACPP" = 1 ] && install_llamacpp
+  [ "$WITH_LLAMACPP" = 1 ] && install_llamacpp && install_llama_stack_client
   exit 0
 fi
 
@@ -119,5 +148,5 @@ run_step "[4/4] bundled models: SmolLM2-135M-Instruct (GGUF), all-MiniLM-L6-v2" 
 check_conflicts
 echo "$HASH" > "$STAMP"
 say "ready in $(elapsed "$START")"
-[ "$WITH_LLAMACPP" = 1 ] && install_llamacpp
+[ "$WITH_LLAMACPP" = 1 ] && install_llamacpp && install_llama_stack_client
 exit 0
