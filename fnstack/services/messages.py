@@ -66,6 +66,7 @@ from fnstack.api.messages import (
     new_message_id,
 )
 from fnstack.errors import InvalidRequestError
+from fnstack.records import check_storable
 from fnstack.routing import RoutingEntry
 from fnstack.services import Service, ServiceContext, ServiceSpec
 from fnstack.services.inference import ChatStream, InferenceService
@@ -501,6 +502,15 @@ def estimate_tokens(request: MessagesRequest | CountTokensRequest) -> int:
             + TOKENS_PER_IMAGE * images + TOKENS_PER_REPLY)
 
 
+def _check_text(request: MessagesRequest | CountTokensRequest) -> None:
+    # Before anything encodes the text (the estimate, a tokenizer): lone surrogates are 400.
+    check_storable(request.system, "system")
+    check_storable(request.messages, "messages")
+    check_storable(request.tools, "tools")
+    if isinstance(request, MessagesRequest):
+        check_storable(request.stop_sequences, "stop_sequences")
+
+
 # --- the service ---------------------------------------------------------------------
 
 
@@ -515,6 +525,7 @@ class MessagesService(Service):
         Anything that fails before the first token (unknown model, bad request, the
         provider refusing) raises here, so the route answers it as an HTTP error.
         """
+        _check_text(request)
         stops = [s for s in request.stop_sequences or [] if s]
         stream = bool(request.stream) or bool(stops)
         estimate = estimate_tokens(request)
@@ -550,6 +561,7 @@ class MessagesService(Service):
         return entry
 
     async def count_tokens(self, request: CountTokensRequest, user: Owner) -> TokenCount:
+        _check_text(request)
         entry = await self._llm(request.model, user)
         _tools(request)  # the same checks as a real request
         if "tokenizer" in self.models.hooks(entry.provider_id):
