@@ -14,6 +14,7 @@ so the bundle runs the code under test. ``built=False`` is the development mode
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,13 +34,16 @@ def emulated_gateway(
     *,
     env: Mapping[str, str] | None = None,
     args: list[str] | None = None,
-    built: bool = False,
+    built: bool | None = None,
 ) -> Iterator[str]:
     """Start the gateway on a free port; yields its base URL (ending in /v1).
 
     Function variables go in ``args`` as ``--env NAME=VALUE`` (a built function sees
     nothing of the gateway's own environment, as on Lambda); ``env`` is the gateway's.
+    ``built`` unset: ``$FNSTACK_TEST_GATEWAY_BUILT=1`` chooses the built bundle.
     """
+    if built is None:
+        built = os.environ.get("FNSTACK_TEST_GATEWAY_BUILT") == "1"
     if built:
         if not (BUILD_DIR / "template.yaml").is_file():
             raise RuntimeError(f"no built bundle in {BUILD_DIR}: run `bash .ci/serverless.sh`")
