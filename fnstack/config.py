@@ -140,6 +140,19 @@ class InferenceStoreConfig(_Strict):
     store_by_default: bool = True
 
 
+class BatchesConfig(_Strict):
+    """How the batch worker runs a job (docs/batches.md)."""
+
+    # Requests of one batch in flight at once.
+    concurrency: int = Field(default=8, ge=1, le=256)
+    # Lines per checkpoint: a redelivered job redoes at most one chunk.
+    chunk_lines: int = Field(default=32, ge=1, le=10_000)
+    # Seconds one run works before it re-enqueues the rest (Lambda's timeout is 120 s).
+    run_budget_s: float = Field(default=80.0, gt=0)
+    # Lines one input file may hold (OpenAI: 50,000).
+    max_lines: int = Field(default=50_000, ge=1)
+
+
 class FilesConfig(_Strict):
     """Limits of the files and uploads APIs (413 past them)."""
 
@@ -174,6 +187,7 @@ class RunConfig(_Strict):
     queues: dict[str, QueueConfig] = {}
     inference_store: InferenceStoreConfig = InferenceStoreConfig()
     files: FilesConfig = FilesConfig()
+    batches: BatchesConfig = BatchesConfig()
     logging: LoggingConfig = LoggingConfig()
     # Permit/forbid rules, first match wins (fnstack/access.py); None: the default policy.
     access_policy: list[AccessRule] | None = None

@@ -109,6 +109,21 @@ class FilesService(Service):
                                   purpose=purpose, content_type=content_type,
                                   expires_after=expires_after)
 
+    async def create_output(self, user: Owner, *, filename: str, purpose: str, data: bytes,
+                            content_type: str = "application/jsonl") -> FileObject:
+        """A file the platform writes for ``user`` (a batch's output or errors): the
+        ``*_output`` purposes clients may not upload with, no upload limit."""
+        file_id = self.files.new_id()
+        authorize(self.files.policy, "create", self.files.kind, file_id, user, user)
+
+        async def body() -> AsyncIterator[bytes]:
+            yield data
+
+        size = await self._put(file_id, body(), content_type, "file")
+        return await self._record(file_id, user, size=size, filename=filename,
+                                  purpose=purpose, content_type=content_type,
+                                  expires_after=None)
+
     async def _put(self, key: str, stream: AsyncIterator[bytes], content_type: str,
                    param: str) -> int:
         """Stream into blob ``key``; 400 for an empty body (nothing is written then)."""
