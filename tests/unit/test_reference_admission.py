@@ -112,6 +112,30 @@ async def test_a_preempted_sequence_resumes_where_it_was(engine: Engine) -> None
     assert await asyncio.gather(*longs) == [alone] * SLOTS
 
 
+async def test_a_long_request_waiting_past_aging_s_gets_a_slot(engine: Engine) -> None:
+    story = engine.apply_chat_template(STORY)
+    params = SamplingParams(temperature=0, max_tokens=300, ignore_eos=True)
+    done: list[float] = []
+    saved = engine.aging_s
+    engine.aging_s = 0.5
+    try:
+        running = [asyncio.create_task(drain(engine.generate(story, params), done))
+                   for _ in range(SLOTS)]
+        steps = engine.decode_steps
+        await poll(lambda: engine.decode_steps > steps + 6)
+        # As long as those: no slot by length, but after aging_s it takes one anyway.
+        late = engine.generate(story, params)
+        first = await late.__anext__()
+        assert first.token_ids
+        assert not done, "it waited for a running stream to finish"
+        late.cancel()
+        for t in running:
+            t.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+    finally:
+        engine.aging_s = saved
+
+
 async def test_past_the_pending_bound_a_request_is_refused_with_retry_after(
     engine: Engine,
 ) -> None:
