@@ -30,7 +30,7 @@ from typing import Any
 
 import boto3
 
-from fnstack_dev.sandbox import stop
+from fnstack_dev.sandbox import spawn, stop
 from fnstack_dev.template import Resolver, Template
 
 REGION = "us-east-1"
@@ -94,7 +94,8 @@ class MotoServer:
         for _ in range(1 if self._fixed_port else 3):
             if not self._fixed_port:
                 self.port = free_port(self.host)
-            self._proc = subprocess.Popen(
+            # Its own process group, killed with the emulator (see fnstack_dev.sandbox).
+            self._proc = spawn(
                 # moto.server, with DynamoDB requests applied atomically (see the module)
                 [sys.executable, "-m", "fnstack_dev.moto_server", "-H", self.host,
                  "-p", str(self.port)],

@@ -58,3 +58,19 @@ def test_the_gateway_saves_on_sigterm(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
     assert (data / "s3" / "Bucket" / "index.json").read_text() == '{"00000000": "saved.txt"}'
+
+
+def test_moto_runs_in_its_own_process_group_and_stops() -> None:
+    # Stopping kills its whole group; started in ours, moto outlived every test run.
+    import os
+
+    from fnstack_dev.emulate import MotoServer
+
+    server = MotoServer()
+    server.start()
+    assert server._proc is not None
+    pid = server._proc.pid
+    assert os.getpgid(pid) == pid
+    server.stop()
+    status = Path(f"/proc/{pid}/status")
+    assert not status.exists() or "State:\tZ" in status.read_text()
