@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +66,7 @@ from fnstack.api.messages import (
     new_message_id,
 )
 from fnstack.errors import InvalidRequestError
+from fnstack.quotas import Quotas
 from fnstack.records import check_storable
 from fnstack.routing import RoutingEntry
 from fnstack.services import Service, ServiceContext, ServiceSpec
@@ -327,8 +328,12 @@ class _EventStream:
     """Anthropic's events from a chat completion stream."""
 
     def __init__(self, chunks: ChatStream, first: ChatCompletionChunk, model: str,
-                 stops: list[str], input_estimate: int) -> None:
+                 stops: list[str], input_estimate: int,
+                 on_cut: Callable[[int], Awaitable[None]] | None = None) -> None:
         self.chunks = chunks
+        # A stream cut at a stop sequence never ends normally, so the inference service
+        # charges no tokens for it: this does, with the best count at hand.
+        self.on_cut = on_cut
         self.first: ChatCompletionChunk | None = first
         self.model = model
         self.scanner = _StopScanner(stops)
@@ -434,6 +439,9 @@ class _EventStream:
                     break
         finally:
             await self.chunks.aclose()
+        if self.stop_sequence is not None and self.on_cut is not None:
+            spent = self.usage or (self.input_estimate, self.turn.output_chunks)
+            await self.on_cut(sum(spent))
         for event in self._end():
             yield event
 
@@ -515,9 +523,11 @@ def _check_text(request: MessagesRequest | CountTokensRequest) -> None:
 
 
 class MessagesService(Service):
-    def __init__(self, inference: InferenceService, models: ModelsService) -> None:
+    def __init__(self, inference: InferenceService, models: ModelsService,
+                 quotas: Quotas | None = None) -> None:
         self.inference = inference
         self.models = models
+        self.quotas = quotas
 
     async def create(self, request: MessagesRequest, user: Owner) -> Message | _EventStream:
         """The message, or (``stream: true``) the stream whose ``events()`` the route sends.
@@ -543,7 +553,14 @@ class MessagesService(Service):
         except StopAsyncIteration:
             await result.aclose()
             first = ChatCompletionChunk(id=new_message_id(), model=request.model, choices=[])
-        events = _EventStream(result, first, request.model, stops, estimate)
+        on_cut = None
+        if self.quotas is not None:
+            quotas = self.quotas
+
+            async def on_cut(tokens: int) -> None:
+                await quotas.add_tokens(user, tokens)
+
+        events = _EventStream(result, first, request.model, stops, estimate, on_cut)
         if request.stream:
             return events
         async for _ in events.events():
@@ -576,7 +593,7 @@ class MessagesService(Service):
 
 async def _build(ctx: ServiceContext) -> MessagesService:
     return MessagesService(ctx.dep("inference", InferenceService),
-                           ctx.dep("models", ModelsService))
+                           ctx.dep("models", ModelsService), ctx.quotas)
 
 
 def _router() -> APIRouter:

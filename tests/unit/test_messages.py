@@ -84,9 +84,15 @@ def _chunk(content: str | None = None, tool: ToolCallDelta | None = None,
     return ChatCompletionChunk(id="chatcmpl-x", model="m", choices=choices, usage=usage)
 
 
-async def _run(items: list[ChatCompletionChunk], stops: list[str]) -> tuple[list[Any], Any]:
+async def _run(items: list[ChatCompletionChunk], stops: list[str],
+               charged: list[int] | None = None) -> tuple[list[Any], Any]:
     gen = _chunks(items[1:])
-    stream = _EventStream(gen, items[0], "m", stops, 7)  # type: ignore[arg-type]
+
+    async def on_cut(tokens: int) -> None:
+        assert charged is not None
+        charged.append(tokens)
+
+    stream = _EventStream(gen, items[0], "m", stops, 7, on_cut)  # type: ignore[arg-type]
     events = [e async for e in stream.events()]
     return events, stream.message()
 
@@ -120,12 +126,15 @@ async def test_events_for_text_then_a_tool_call() -> None:
 
 async def test_a_stop_sequence_split_across_chunks_is_never_sent() -> None:
     items = [_chunk("one tw"), _chunk("o thr"), _chunk("ee four"), _chunk(finish="stop")]
-    events, message = await _run(items, ["three"])
+    charged: list[int] = []
+    events, message = await _run(items, ["three"], charged)
     sent = "".join(b["delta"]["text"] for n, b in events if n == "content_block_delta")
     assert sent == "one two "
     assert message.stop_reason == "stop_sequence" and message.stop_sequence == "three"
     # No usage from the provider: the estimate and a count of the chunks stand in.
     assert message.usage.input_tokens == 7 and message.usage.output_tokens == 3
+    # Cut short, the stream never reaches the inference service's charge: this one does.
+    assert charged == [10]
 
 
 def test_count_estimate_grows_with_the_prompt() -> None:
