@@ -74,7 +74,11 @@ class AnthropicRoute(APIRoute):
             from fnstack.app import validation_error
 
             try:
-                return await handler(request)
+                response = await handler(request)
+                rid = request_id_var.get()
+                if rid:
+                    response.headers["request-id"] = rid  # the SDK's `_request_id`
+                return response
             except RequestValidationError as exc:
                 return _error_response(validation_error(exc))
             except FnstackError as exc:

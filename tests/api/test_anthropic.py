@@ -63,6 +63,7 @@ def test_plain_message(claude: anthropic.Anthropic, llm: str) -> None:
     assert [b.type for b in msg.content] == ["text"] and _text(msg)
     assert msg.stop_reason in ("end_turn", "max_tokens")
     assert msg.usage.input_tokens > 0 and 0 < msg.usage.output_tokens <= 6
+    assert msg._request_id  # fnstack's request id, in the header the SDK reads
 
 
 def test_max_tokens_is_the_stop_reason_when_reached(claude: anthropic.Anthropic,
