@@ -135,11 +135,9 @@ def load_secrets(environ: MutableMapping[str, str] | None = None) -> list[str]:
 
 # --- the batch worker -------------------------------------------------------------------
 
-# The batches API implements these in ``fnstack.batches.worker``:
-#     async def process_message(stack: Stack, body: dict[str, Any]) -> None
-#     async def process_inbox_object(stack: Stack, bucket: str, key: str) -> None
-# Both must be idempotent: SQS redelivers, S3 may notify twice.
-BATCH_WORKER_MODULE = "fnstack.batches.worker"
+# An object created under this prefix of the bucket starts a batch (the batches
+# service's ``inbox`` job); its output lands beside it.
+INBOX_PREFIX = "inbox/"
 
 
 async def _run_job(stack: Stack, body: dict[str, Any]) -> None:
@@ -155,62 +153,40 @@ def _json_body(record: dict[str, Any]) -> Any:
 
 
 def batch_worker(config: RunConfig) -> LambdaHandler:
-    """SQS messages and inbox/ uploads, handed to the batches API's worker."""
+    """SQS messages (background jobs, `fnstack.jobs`) and inbox/ uploads (batches)."""
+    from fnstack.errors import FnstackError
+
     state: dict[str, Any] = {}
 
-    def run(make: Callable[[Stack, Any], Coroutine[Any, Any, None]] | None, arg: Any) -> None:
+    def run(make: Callable[[Stack, Any], Coroutine[Any, Any, None]], arg: Any) -> None:
         # One loop for the life of the process, as Mangum does: clients bound to it survive.
         loop: asyncio.AbstractEventLoop = state.setdefault("loop", asyncio.new_event_loop())
         if "stack" not in state:
             from fnstack.stack import Stack
 
             state["stack"] = Stack(config)
-        assert make is not None
         loop.run_until_complete(make(state["stack"], arg))
 
-    def worker(name: str) -> Any:
-        import importlib
-
-        try:
-            module = importlib.import_module(BATCH_WORKER_MODULE)
-        except ModuleNotFoundError as exc:
-            if exc.name not in (BATCH_WORKER_MODULE, "fnstack.batches"):
-                raise
-            return None
-        return getattr(module, name)
-
     def on_sqs(records: list[dict[str, Any]], context: Any) -> dict[str, Any]:
-        process = worker("process_message")
         failures: list[dict[str, str]] = []
         for record in records:
             message_id = str(record.get("messageId", ""))
             body = _json_body(record)
-            if isinstance(body, dict) and "job" in body:
-                # A service's background job (fnstack.jobs): e.g. indexing a file.
-                try:
-                    run(_run_job, body)
-                except Exception:
-                    log.exception("job failed; SQS will redeliver it",
-                                  extra={"message_id": message_id, "job": body["job"]})
-                    failures.append({"itemIdentifier": message_id})
-                continue
-            if process is None:
-                # Not an error to swallow: reported as failed, so SQS redelivers the
-                # message and finally moves it to the dead-letter queue. Nothing is lost.
-                log.warning("batches API not implemented yet; message left on the queue",
+            if not (isinstance(body, dict) and "job" in body):
+                # Reported failed, not swallowed: SQS moves it to the dead-letter queue.
+                log.warning("not a job message; left to the dead-letter queue",
                             extra={"message_id": message_id})
                 failures.append({"itemIdentifier": message_id})
                 continue
             try:
-                body = json.loads(record.get("body") or "{}")
-                run(lambda stack, b: process(stack, b), body)
+                run(_run_job, body)
             except Exception:
-                log.exception("batch message failed", extra={"message_id": message_id})
+                log.exception("job failed; SQS will redeliver it",
+                              extra={"message_id": message_id, "job": body["job"]})
                 failures.append({"itemIdentifier": message_id})
         return {"batchItemFailures": failures}
 
     def on_s3(records: list[dict[str, Any]], context: Any) -> dict[str, Any]:
-        process = worker("process_inbox_object")
         started: list[str] = []
         skipped: list[str] = []
         for record in records:
@@ -218,12 +194,21 @@ def batch_worker(config: RunConfig) -> LambdaHandler:
             bucket = s3.get("bucket", {}).get("name", "")
             # Keys arrive URL-encoded, spaces as '+'.
             key = unquote_plus(s3.get("object", {}).get("key", ""))
-            if process is None:
-                log.warning("batches API not implemented yet; inbox object not processed",
+            if not key.startswith(INBOX_PREFIX):
+                skipped.append(key)
+                continue
+            # The batches service starts one batch per object (twice notified: once).
+            # A refusal (no batches API here, a bad file) is final; any other error
+            # raises, and the event source retries the invocation.
+            try:
+                run(_run_job, {"job": "batches.inbox", "args": {"bucket": bucket, "key": key}})
+            except FnstackError as exc:
+                if exc.status >= 500:
+                    raise
+                log.warning("inbox object not started: %s", exc.message,
                             extra={"bucket": bucket, "key": key})
                 skipped.append(key)
                 continue
-            run(lambda stack, bk: process(stack, *bk), (bucket, key))
             started.append(key)
         return {"started": started, "skipped": skipped}
 

@@ -48,6 +48,7 @@ from fnstack.api.batches import (
 from fnstack.api.inference import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from fnstack.config import BatchesConfig
 from fnstack.errors import (
+    ConfigError,
     ConflictError,
     FnstackError,
     InvalidRequestError,
@@ -310,8 +311,28 @@ def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-async def _build(ctx: ServiceContext) -> BatchesService:
+async def _build(ctx: ServiceContext) -> Service:
+    if not ctx.stores.has(STORE):
+        if ctx.config.apis is not None and Api.batches in ctx.config.apis:
+            raise ConfigError(f"the batches API needs a kv store {STORE!r}: add it under "
+                              "storage.stores", path=f"storage.stores.{STORE}")
+        return _Unconfigured()
     return BatchesService(ctx)
+
+
+class _Unconfigured(Service):
+    """Served where the run config has no batches store: every call says what to add."""
+
+    async def run_job(self, name: str, args: dict[str, Any]) -> None:
+        raise NotFoundError(f"the batches API is not configured: no {STORE!r} store",
+                            code="not_configured")
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        async def refuse(*args: Any, **kwargs: Any) -> Any:
+            raise NotFoundError(f"the batches API is not configured: the run config has no "
+                                f"{STORE!r} store under storage.stores", code="not_configured")
+
+        return refuse
 
 
 def _router() -> APIRouter:
@@ -326,6 +347,6 @@ spec = ServiceSpec(
     factory=_build,
     router=_router,
     depends=("files", "inference", "models"),
-    stores=(StoreNeed(STORE),),
+    stores=(StoreNeed(STORE, required=False),),
     description="batches: JSONL request files run in the background, resumable",
 )

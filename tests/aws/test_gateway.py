@@ -192,4 +192,4 @@ def test_real_template_dispatches_events_to_the_worker(gateway: tuple[str, Path]
     while time.monotonic() < deadline and sent["MessageId"] not in log.read_text():
         time.sleep(0.3)
     assert sent["MessageId"] in log.read_text()
-    assert "batches API not implemented yet" in log.read_text()
+    assert "not a job message" in log.read_text()

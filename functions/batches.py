@@ -1,0 +1,11 @@
+"""BatchesFunction: the batches API (the jobs run in the BatchWorkerFunction)."""
+
+import os
+
+from fnstack.app import create_app
+from fnstack.config import load_config
+from fnstack.lambda_runtime import lambda_handler
+from fnstack.spec import Api
+
+app = create_app(load_config(os.environ["FNSTACK_CONFIG"]), apis=[Api.batches], lifespan=False)
+handler = lambda_handler(app)
