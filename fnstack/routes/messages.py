@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
-from fnstack.api.messages import CountTokensRequest, MessagesRequest, TokenCount
+from fnstack.api.messages import CountTokensRequest, Message, MessagesRequest, TokenCount
 from fnstack.errors import FnstackError, InternalError
 from fnstack.logs import request_id_var
 from fnstack.routes import principal, service
@@ -122,7 +122,10 @@ async def _stream(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
         yield _sse("error", _error_body(err))
 
 
-@router.post("/v1/messages", response_model=None, responses=_documented())
+@router.post("/v1/messages", response_model=None, responses={
+    200: {"model": Message, "description": "the message, or with `stream: true` its events",
+          "content": {"text/event-stream": {}}},
+    **_documented()})
 async def create_message(body: MessagesRequest, request: Request) -> Response:
     result = await (await _messages(request)).create(body, principal(request))
     if isinstance(result, BaseModel):
