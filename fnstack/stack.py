@@ -43,18 +43,34 @@ class ProviderHandle:
 
 
 def served_apis(config: RunConfig, apis: Iterable[Api | str] | None = None) -> list[Api]:
-    """The API groups to serve: those asked for, else the config's, else every one
-    that has a service and either needs no provider or has one configured."""
+    """The API groups to serve: those asked for (a Lambda function's, or the config's
+    ``apis:``), else every one whose services the config can run: their providers and
+    their required stores are configured, and so are their dependencies'. An API asked
+    for explicitly is served or start-up stops naming what is missing; by default a
+    config simply serves what it supports (one with no ``batches`` store, no batches)."""
     if apis is not None:
         return [Api(a) for a in apis]
     if config.apis is not None:
         return list(config.apis)
+    specs = available_services()
     out: list[Api] = []
-    for spec in available_services().values():
-        if spec.provider_api is not None and not config.providers.get(spec.provider_api):
-            continue
-        out += [a for a in spec.apis if a not in out]
+    for spec in specs.values():
+        if _runnable(config, spec, specs, set()):
+            out += [a for a in spec.apis if a not in out]
     return out
+
+
+def _runnable(config: RunConfig, spec: ServiceSpec, specs: Mapping[str, ServiceSpec],
+              seen: set[str]) -> bool:
+    if spec.name in seen:
+        return True  # a cycle: planning reports it
+    seen.add(spec.name)
+    if spec.provider_api is not None and not config.providers.get(spec.provider_api):
+        return False
+    if any(need.required and need.name not in config.storage.stores for need in spec.stores):
+        return False
+    return all(dep in specs and _runnable(config, specs[dep], specs, seen)
+               for dep in spec.depends)
 
 
 def plan_services(

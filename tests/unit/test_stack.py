@@ -116,8 +116,26 @@ def test_admin_builds_no_provider(tmp_path: Path) -> None:
     assert [s.name for s in admin.build_order] == ["admin"]
     inference = Stack(_config(tmp_path, providers=providers), [Api.inference])
     assert list(inference.providers) == ["up"]
-    assert [s.name for s in inference.build_order] == [
-        "models", "inference", "safety", "chat_completions"]
+    order = [s.name for s in inference.build_order]
+    # Every service of the inference group, each after what it depends on.
+    assert {"models", "inference", "chat_completions"} <= set(order)
+    for spec in inference.build_order:
+        assert all(order.index(dep) < order.index(spec.name) for dep in spec.depends)
+    assert {s.name for s in inference.routed} >= {"inference", "chat_completions"}
+
+
+def test_default_serves_what_the_config_can_run(tmp_path: Path) -> None:
+    # No `apis:` in the config: a service whose stores or providers are missing is not
+    # served (and not an error); asked for explicitly, it is a start-up error.
+    from fnstack.stack import served_apis
+
+    bare = _config(tmp_path, stores={"registry": {"backend": "kv", "namespace": "r"}})
+    apis = served_apis(bare)
+    assert Api.models not in apis  # no inference provider to route to
+    assert Api.keys in apis and Api.providers in apis
+    assert Api.vector_io not in apis  # no vector store records, no vector_io provider
+    with pytest.raises(ConfigError, match="vector_stores service needs a kv store"):
+        Stack(bare, [Api.vector_io])
 
 
 async def test_provider_missing_a_method_is_a_start_up_error(tmp_path: Path) -> None:
