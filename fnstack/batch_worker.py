@@ -8,6 +8,7 @@ after each, stop for cancel, expiry or the run's time budget, and finalize.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -128,7 +129,17 @@ class BatchRun:
         if rec is None:
             return  # finished, cancelled, deleted or never there
         self.owner = rec.owner
-        value = rec.value
+        try:
+            await self._run(rec.value)
+        except Exception:
+            # The job's retry (or SQS's redelivery) resumes from the last checkpoint at
+            # once, instead of waiting out this run's lease. A dead process cannot do
+            # this: its lease expires (SQS) or the restarted server reclaims (local).
+            with contextlib.suppress(Exception):
+                await self.svc._mutate(self.batch_id, lambda v: {**v, "lease_until": 0})
+            raise
+
+    async def _run(self, value: dict[str, Any]) -> None:
         status = value["status"]
         if status == "cancelling":
             await self._finish(value, "cancelled")
