@@ -54,8 +54,8 @@ def _jsonl(model: str, n: int, max_tokens: int) -> bytes:
 
 def _output_ids(client: openai.OpenAI, file_id: str | None) -> list[str]:
     assert file_id is not None
-    return [json.loads(line)["custom_id"] for line in client.files.content(file_id).text.splitlines()
-            if line.strip()]
+    text = client.files.content(file_id).text
+    return [json.loads(line)["custom_id"] for line in text.splitlines() if line.strip()]
 
 
 @pytest.fixture(scope="module")

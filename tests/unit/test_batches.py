@@ -115,8 +115,8 @@ async def _start(sdk: openai.AsyncOpenAI, n: int) -> str:
 
 
 async def _until(sdk: openai.AsyncOpenAI, batch_id: str,
-                 done: Callable[[Any], bool], timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
+                 done: Callable[[Any], bool]) -> Any:
+    deadline = time.monotonic() + 30
     while True:
         batch = await sdk.batches.retrieve(batch_id)
         if done(batch):
