@@ -214,3 +214,38 @@ def test_another_principals_batch_is_a_404(api: LiveApi, client: openai.OpenAI,
         other.batches.cancel(batch.id)
     assert batch.id not in [b.id for b in other.batches.list()]
     _wait(client, batch.id, timeout=120)
+
+
+@pytest.mark.timeout(300)
+def test_a_file_dropped_in_the_inbox_runs_with_output_beside_it(
+    api: LiveApi, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    if api.mode != "gateway":
+        pytest.skip("inbox/ is an S3 trigger: only the emulated AWS has the bucket")
+    import re
+
+    import boto3
+
+    logs = sorted(tmp_path_factory.getbasetemp().glob("api-gateway*/gateway.log"))
+    assert logs
+    found = re.search(r"emulated AWS at (\S+)\)", logs[-1].read_text())
+    assert found, "the gateway did not say where the emulated AWS is"
+    s3 = boto3.client("s3", endpoint_url=found.group(1), region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    (bucket,) = [b["Name"] for b in s3.list_buckets()["Buckets"]]
+    embedder = models_of(api)["onnx"]
+    lines = [{"custom_id": f"in-{i}", "method": "POST", "url": "/v1/embeddings",
+              "body": {"model": embedder, "input": f"inbox line {i}"}} for i in range(25)]
+    name = f"inbox/drop {uuid.uuid4().hex[:6]}"
+    s3.put_object(Bucket=bucket, Key=f"{name}.jsonl", Body=_jsonl(lines))
+    deadline = time.monotonic() + 240
+    while True:
+        try:
+            body = s3.get_object(Bucket=bucket, Key=f"{name}.output.jsonl")["Body"].read()
+            break
+        except s3.exceptions.NoSuchKey:
+            assert time.monotonic() < deadline, "no output beside the inbox file"
+            time.sleep(1)
+    out = [json.loads(line) for line in body.decode().splitlines()]
+    assert sorted(o["custom_id"] for o in out) == sorted(f"in-{i}" for i in range(25))
+    assert all(o["response"]["status_code"] == 200 for o in out)
