@@ -249,3 +249,59 @@ def test_a_file_dropped_in_the_inbox_runs_with_output_beside_it(
     out = [json.loads(line) for line in body.decode().splitlines()]
     assert sorted(o["custom_id"] for o in out) == sorted(f"in-{i}" for i in range(25))
     assert all(o["response"]["status_code"] == 200 for o in out)
+
+
+def test_list_pages_with_a_cursor(api: LiveApi, client: openai.OpenAI) -> None:
+    embedder = models_of(api)["onnx"]
+    lines = [{"custom_id": "p", "method": "POST", "url": "/v1/embeddings",
+              "body": {"model": embedder, "input": "page"}}]
+    file_id = _upload(client, _jsonl(lines))
+    made = [client.batches.create(input_file_id=file_id, endpoint="/v1/embeddings",
+                                  completion_window="24h").id for _ in range(3)]
+    first = client.batches.list(limit=2)
+    assert [b.id for b in first.data] == made[::-1][:2] and first.has_more
+    second = client.batches.list(limit=2, after=first.data[-1].id)
+    assert second.data[0].id == made[0]
+    # The SDK's auto-pagination walks every page without repeating a batch.
+    walked = [b.id for b in client.batches.list(limit=2)]
+    assert len(walked) == len(set(walked)) and set(made) <= set(walked)
+    for batch_id in made:
+        _wait(client, batch_id, timeout=120)
+
+
+@pytest.mark.timeout(600)
+def test_redelivered_job_messages_never_duplicate_a_line(
+    api: LiveApi, client: openai.OpenAI, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    if api.mode != "gateway":
+        pytest.skip("SQS redelivery: only the emulated AWS has the queue")
+    import re
+
+    import boto3
+
+    logs = sorted(tmp_path_factory.getbasetemp().glob("api-gateway*/gateway.log"))
+    found = re.search(r"emulated AWS at (\S+)\)", logs[-1].read_text())
+    assert found
+    sqs = boto3.client("sqs", endpoint_url=found.group(1), region_name="us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    (url,) = sqs.list_queues(QueueNamePrefix="fnstack-BatchQueue")["QueueUrls"]
+    model = models_of(api)["openai"]
+    lines = _chat_lines(model, 120, max_tokens=4, tag="d")
+    batch = client.batches.create(input_file_id=_upload(client, _jsonl(lines)),
+                                  endpoint="/v1/chat/completions", completion_window="24h")
+    again = json.dumps({"job": "batches.run", "args": {"batch_id": batch.id}})
+    # The same message again while the job runs (SQS delivers at least once) ...
+    _wait(client, batch.id, until=("in_progress", *TERMINAL), timeout=120)
+    for _ in range(3):
+        sqs.send_message(QueueUrl=url, MessageBody=again)
+    done = _wait(client, batch.id)
+    # ... and after it finished.
+    sqs.send_message(QueueUrl=url, MessageBody=again)
+    time.sleep(3)
+    after = client.batches.retrieve(batch.id)
+    assert done.status == after.status == "completed"
+    assert after.request_counts == done.request_counts
+    assert done.request_counts is not None and done.request_counts.completed == 120
+    ids = [o["custom_id"] for o in _lines(client, done.output_file_id)]
+    assert sorted(ids) == sorted(line["custom_id"] for line in lines)
+    assert after.output_file_id == done.output_file_id
