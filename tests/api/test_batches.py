@@ -233,9 +233,7 @@ def test_a_file_dropped_in_the_inbox_runs_with_output_beside_it(
     s3 = boto3.client("s3", endpoint_url=found.group(1), region_name="us-east-1",
                       aws_access_key_id="testing", aws_secret_access_key="testing")
     (bucket,) = [b["Name"] for b in s3.list_buckets()["Buckets"]]
-    embedder = models_of(api)["onnx"]
-    lines = [{"custom_id": f"in-{i}", "method": "POST", "url": "/v1/embeddings",
-              "body": {"model": embedder, "input": f"inbox line {i}"}} for i in range(25)]
+    lines = _chat_lines(models_of(api)["openai"], 25, tag="in-")
     name = f"inbox/drop {uuid.uuid4().hex[:6]}"
     s3.put_object(Bucket=bucket, Key=f"{name}.jsonl", Body=_jsonl(lines))
     deadline = time.monotonic() + 240
@@ -247,7 +245,7 @@ def test_a_file_dropped_in_the_inbox_runs_with_output_beside_it(
             assert time.monotonic() < deadline, "no output beside the inbox file"
             time.sleep(1)
     out = [json.loads(line) for line in body.decode().splitlines()]
-    assert sorted(o["custom_id"] for o in out) == sorted(f"in-{i}" for i in range(25))
+    assert sorted(o["custom_id"] for o in out) == sorted(line["custom_id"] for line in lines)
     assert all(o["response"]["status_code"] == 200 for o in out)
 
 
