@@ -1,6 +1,14 @@
 """BatchWorkerFunction: batch jobs from SQS and JSONL files dropped under inbox/."""
 
+import contextlib
 import os
+
+# onnxruntime segfaults when first imported in a worker thread of this function (the
+# embedder loads in asyncio.to_thread while the job runs): import it here, on the main
+# thread, where the layer has it. (Measured in the built gateway: without this, every
+# embeddings batch and every ingestion job crashed the worker with SIGSEGV.)
+with contextlib.suppress(ImportError):
+    import onnxruntime  # noqa: F401
 
 from fnstack.config import load_config
 from fnstack.lambda_runtime import batch_worker, load_secrets
