@@ -217,11 +217,10 @@ def test_another_principals_batch_is_a_404(api: LiveApi, client: openai.OpenAI,
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.modes("gateway")  # inbox/ is an S3 trigger: only emulated AWS has the bucket
 def test_a_file_dropped_in_the_inbox_runs_with_output_beside_it(
     api: LiveApi, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    if api.mode != "gateway":
-        pytest.skip("inbox/ is an S3 trigger: only the emulated AWS has the bucket")
     import re
 
     import boto3
@@ -268,11 +267,10 @@ def test_list_pages_with_a_cursor(api: LiveApi, client: openai.OpenAI) -> None:
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.modes("gateway")  # SQS redelivery: only emulated AWS has the queue
 def test_redelivered_job_messages_never_duplicate_a_line(
     api: LiveApi, client: openai.OpenAI, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    if api.mode != "gateway":
-        pytest.skip("SQS redelivery: only the emulated AWS has the queue")
     import re
 
     import boto3

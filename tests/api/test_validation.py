@@ -84,7 +84,8 @@ def test_openapi_documents_the_real_statuses(http: httpx.Client) -> None:
         assert "422" not in responses
         for status in ("400", "401", "404", "429", "500"):
             ref = responses[status]["content"]["application/json"]["schema"]["$ref"]
-            assert ref.endswith("/ErrorResponse")
+            # OpenAI's error shape; Anthropic's on the Anthropic Messages routes.
+            assert ref.endswith(("/ErrorResponse", "/AnthropicErrorResponse")), ref
 
 
 def test_405_names_the_allowed_methods(http: httpx.Client) -> None:
