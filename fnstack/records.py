@@ -32,6 +32,7 @@ from pydantic import BaseModel
 
 from fnstack.access import Resource
 from fnstack.errors import (
+    ConflictError,
     FnstackError,
     InvalidRequestError,
     NotFoundError,
@@ -50,6 +51,7 @@ __all__ = [
     "RecordStore",
     "authorize",
     "check_storable",
+    "mutate",
     "new_id",
     "readable",
 ]
@@ -126,6 +128,30 @@ def check_storable(value: Any, param: str) -> None:
                 check_storable(v, f"{param}.{k}" if param else k)
         for k, v in (value.__pydantic_extra__ or {}).items():
             check_storable(v, f"{param}.{k}" if param else k)
+
+
+async def mutate(
+    store: KVStore, key: str, change: Callable[[dict[str, Any]], dict[str, Any] | None],
+    attempts: int = 10,
+) -> dict[str, Any] | None:
+    """Read-modify-write of one record by conditional write, for background workers.
+
+    ``change`` gets a copy of the stored value and returns the new one, or None to leave
+    it; a concurrent write makes it run again on the fresh value. Returns the value
+    written, or None when the record is gone or ``change`` declined."""
+    for _ in range(attempts):
+        rec = await store.get(key)
+        if rec is None:
+            return None
+        value = change(dict(rec.value))
+        if value is None:
+            return None
+        try:
+            await store.put(key, value, owner=rec.owner, if_version=rec.version)
+        except PreconditionFailedError:
+            continue
+        return value
+    raise ConflictError(f"{key} kept changing under the worker; the job will be retried")
 
 
 # --- group commit ----------------------------------------------------------------------

@@ -57,7 +57,7 @@ from fnstack.errors import (
     ServiceUnavailableError,
 )
 from fnstack.jobs import JobQueue, LocalJobQueue
-from fnstack.records import RecordStore, authorize
+from fnstack.records import RecordStore, authorize, mutate
 from fnstack.services import Service, ServiceContext, ServiceSpec, StoreNeed
 from fnstack.services.files import FilesService
 from fnstack.services.inference import InferenceService
@@ -234,20 +234,7 @@ class BatchesService(Service):
                       change: Callable[[dict[str, Any]], dict[str, Any] | None]
                       ) -> dict[str, Any] | None:
         """Apply ``change`` (None: leave it) with a conditional write; the new value."""
-        key = f"batch:{batch_id}"
-        for _ in range(10):
-            rec = await self.kv.get(key)
-            if rec is None:
-                return None
-            value = change(dict(rec.value))
-            if value is None:
-                return None
-            try:
-                await self.kv.put(key, value, owner=rec.owner, if_version=rec.version)
-                return value
-            except PreconditionFailedError:
-                continue
-        raise ConflictError(f"{key} kept changing under the worker; the job will be retried")
+        return await mutate(self.kv, f"batch:{batch_id}", change)
 
     async def claim(self, batch_id: str, *, reclaim: bool) -> KVRecord | None:
         rec = await self.kv.get(f"batch:{batch_id}")

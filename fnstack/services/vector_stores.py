@@ -60,7 +60,7 @@ from fnstack.errors import (
     ServiceUnavailableError,
 )
 from fnstack.jobs import JobQueue, LocalJobQueue
-from fnstack.records import RecordPage, RecordStore, authorize
+from fnstack.records import RecordPage, RecordStore, authorize, mutate
 from fnstack.routing import RoutingEntry
 from fnstack.services import Service, ServiceContext, ServiceSpec, StoreNeed
 from fnstack.services.files import FilesService
@@ -688,20 +688,7 @@ class VectorStoresService(Service):
 
     async def _mutate(self, vs_id: str, file_id: str,
                       change: Callable[[dict[str, Any]], dict[str, Any] | None]) -> bool:
-        key = f"vsf:{vs_id}:{file_id}"
-        for _ in range(10):
-            rec = await self.kv.get(key)
-            if rec is None:
-                return False
-            value = change(rec.value)
-            if value is None:
-                return False
-            try:
-                await self.kv.put(key, value, owner=rec.owner, if_version=rec.version)
-                return True
-            except PreconditionFailedError:
-                continue
-        raise ConflictError(f"{key} kept changing under the worker; the job will be retried")
+        return await mutate(self.kv, f"vsf:{vs_id}:{file_id}", change) is not None
 
 
 class _FileFailed(Exception):
