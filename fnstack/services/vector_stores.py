@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Callable
 from typing import Any, Literal
@@ -60,6 +59,7 @@ from fnstack.errors import (
     ServiceUnavailableError,
 )
 from fnstack.jobs import JobQueue, LocalJobQueue
+from fnstack.ranking import rank, rewrite
 from fnstack.records import RecordPage, RecordStore, authorize, mutate
 from fnstack.routing import RoutingEntry
 from fnstack.services import Service, ServiceContext, ServiceSpec, StoreNeed
@@ -85,14 +85,6 @@ EMBED_BATCH = 64
 LEASE_S = 600.0
 # last_active_at is written at most this often (a search must not always write).
 ACTIVE_EVERY_S = 3600
-_STOPWORDS = frozenset([
-    "a", "an", "and", "are", "as", "at", "be", "by", "can", "could", "do", "does", "did",
-    "for", "from", "how", "i", "in", "is", "it", "me", "my", "of", "on", "or", "please",
-    "tell", "the", "this", "that", "to", "was", "what", "when", "where", "which", "who", "why",
-    "will", "with", "would", "you", "your", "about", "find", "show", "give", "list",
-])
-
-
 def _now() -> int:
     return int(time.time())
 
@@ -518,7 +510,7 @@ class VectorStoresService(Service):
             for q in queries:
                 keyword.append(await provider.query(vs_id, mode="keyword", k=fetch, text=q,
                                                     filters=request.filters))
-        scored = _rank(vector, keyword, mode, ranking)
+        scored = rank(vector, keyword, mode, ranking)
         results = [
             SearchResult(
                 file_id=c.file_id, filename=str(c.attributes.get("_filename", "")),
@@ -710,58 +702,6 @@ class _Piece:
 
 def vs_owner(rec: KVRecord) -> Owner:
     return rec.owner
-
-
-def rewrite(query: str) -> str:
-    """A search query from a question: the content words, in order (no model call)."""
-    words = re.findall(r"[\w'-]+", query.lower())
-    kept = [w for w in words if w not in _STOPWORDS]
-    return " ".join(kept) or query
-
-
-def _rank(vector: list[list[ScoredChunk]], keyword: list[list[ScoredChunk]],
-          mode: str, ranking: RankingOptions) -> list[tuple[ScoredChunk, float]]:
-    """One ranking with scores in [0, 1], best first."""
-    if mode == "vector":
-        return _merge([[(c, max(0.0, min(1.0, c.score))) for c in hits] for hits in vector])
-    if mode == "keyword":
-        return _merge([_normalised(hits) for hits in keyword])
-    vec = _merge([[(c, c.score) for c in hits] for hits in vector])
-    kw = _merge([[(c, c.score) for c in hits] for hits in keyword])
-    chunks = {c.chunk_id: c for c, _ in vec + kw}
-    fused: dict[str, float] = {}
-    if ranking.ranker == "weighted":
-        vn = dict((c.chunk_id, s) for c, s in _normalised([c for c, _ in vec]))
-        kn = dict((c.chunk_id, s) for c, s in _normalised([c for c, _ in kw]))
-        for cid in chunks:
-            fused[cid] = ranking.alpha * vn.get(cid, 0.0) + (1 - ranking.alpha) * kn.get(cid, 0.0)
-    else:
-        # Reciprocal rank fusion, scaled so a chunk first in both lists scores 1.
-        top = 2.0 / (ranking.impact_factor + 1)
-        for ranked in (vec, kw):
-            for rank, (c, _) in enumerate(ranked, start=1):
-                fused[c.chunk_id] = fused.get(c.chunk_id, 0.0) + (
-                    1.0 / (ranking.impact_factor + rank)) / top
-    return sorted(((chunks[cid], s) for cid, s in fused.items()), key=lambda t: -t[1])
-
-
-def _normalised(hits: list[ScoredChunk]) -> list[tuple[ScoredChunk, float]]:
-    if not hits:
-        return []
-    best = max(c.score for c in hits)
-    if best <= 0:
-        return [(c, 0.0) for c in hits]
-    return [(c, max(0.0, c.score) / best) for c in hits]
-
-
-def _merge(lists: list[list[tuple[ScoredChunk, float]]]) -> list[tuple[ScoredChunk, float]]:
-    """Several queries' hits: each chunk once, with its best score."""
-    best: dict[str, tuple[ScoredChunk, float]] = {}
-    for hits in lists:
-        for c, s in hits:
-            if c.chunk_id not in best or s > best[c.chunk_id][1]:
-                best[c.chunk_id] = (c, s)
-    return sorted(best.values(), key=lambda t: -t[1])
 
 
 def _file_view(value: dict[str, Any]) -> VectorStoreFile:
