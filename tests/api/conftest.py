@@ -59,6 +59,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("api", modes, indirect=True, scope="session")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # A mode-only test under `--mode` of the other mode has no parameters left: it is
+    # deselected (not run, and not reported as a skip), as `-k` would.
+    dropped = [item for item in items
+               if item.get_closest_marker("modes") is not None
+               and getattr(getattr(item, "callspec", None), "params", {}).get("api")
+               not in MODES]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if item not in dropped]
+
+
 @pytest.fixture(scope="session")
 def llamacpp() -> Iterator[LlamaCppServer]:
     """The real OpenAI-compatible upstream behind ``remote::openai`` in every mode."""
