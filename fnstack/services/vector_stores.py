@@ -500,7 +500,7 @@ class VectorStoresService(Service):
         keyword: list[list[ScoredChunk]] = []
         if mode in ("vector", "hybrid"):
             embeddings = await self.inference.embeddings(
-                EmbeddingRequest(model=vs["embedding_model"], input=queries), vs_owner(rec))
+                EmbeddingRequest(model=vs["embedding_model"], input=queries), rec.owner)
             for e in embeddings.data:
                 vec = e.embedding
                 assert isinstance(vec, list)
@@ -698,10 +698,6 @@ class _Piece:
         self.index = index
         self.text = text
         self.attributes = {**attributes, "_chunk": index}
-
-
-def vs_owner(rec: KVRecord) -> Owner:
-    return rec.owner
 
 
 def _file_view(value: dict[str, Any]) -> VectorStoreFile:

@@ -53,8 +53,11 @@ def check_query(
     dimension: int,
     modes: frozenset[SearchMode],
     provider: str,
+    nonzero: bool = False,
 ) -> None:
-    """Raise InvalidRequestError for a query this provider cannot answer as asked."""
+    """Raise InvalidRequestError for a query this provider cannot answer as asked.
+
+    ``nonzero``: the engine refuses a zero query vector (its cosine is undefined)."""
     if mode not in modes:
         raise InvalidRequestError(
             f"{provider} has no {mode} search; it answers {', '.join(sorted(modes))} "
@@ -73,6 +76,8 @@ def check_query(
                 f"this index holds {dimension}",
                 param="embedding",
             )
+        if nonzero and not any(embedding):
+            raise InvalidRequestError("the query embedding is a zero vector", param="embedding")
     elif text is None:
         raise InvalidRequestError("a keyword query needs text", param="query")
 

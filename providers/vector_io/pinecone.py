@@ -211,10 +211,8 @@ class PineconeProvider:
     ) -> list[ScoredChunk]:
         dim = await self._check(index_id)
         check_query(mode=mode, k=k, embedding=embedding, text=text, dimension=dim,
-                    modes=self.search_modes, provider="remote::pinecone")
+                    modes=self.search_modes, provider="remote::pinecone", nonzero=True)
         assert embedding is not None
-        if not any(embedding):
-            raise InvalidRequestError("the query embedding is a zero vector", param="embedding")
         pushed, exact = (None, True) if filters is None else mongo_filter(filters)
         # +1: the marker may be among the nearest; a widened filter asks for more.
         top_k = min(_MAX_TOP_K, k + 1 if exact else max(100, 20 * k))

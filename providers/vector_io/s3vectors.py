@@ -200,10 +200,8 @@ class S3VectorsProvider:
     ) -> list[ScoredChunk]:
         dim = await self._dimension(index_id)
         check_query(mode=mode, k=k, embedding=embedding, text=text, dimension=dim,
-                    modes=self.search_modes, provider="remote::s3vectors")
+                    modes=self.search_modes, provider="remote::s3vectors", nonzero=True)
         assert embedding is not None
-        if not any(embedding):
-            raise InvalidRequestError("the query embedding is a zero vector", param="embedding")
         args: dict[str, Any] = {}
         exact = True
         if filters is not None:

@@ -8,7 +8,6 @@ over real sockets: raw ones where the point is a client that misbehaves.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -23,7 +22,7 @@ import httpx
 import pytest
 
 from tests.support.fake_openai import FakeOpenAI, Reply, chat_chunk_json, chat_json, free_port
-from tests.support.servers import FnstackServer
+from tests.support.servers import FnstackServer, cpu_seconds
 
 MODEL = "fake-model"
 HI = [{"role": "user", "content": "Hi"}]
@@ -243,11 +242,6 @@ cache_dir: {cache}
 """
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @pytest.mark.slow
 def test_abandoned_embedding_request_stops_and_others_get_429(
     tmp_path: Path, request: pytest.FixtureRequest
@@ -297,9 +291,9 @@ def test_abandoned_embedding_request_stops_and_others_get_429(
         client.join()
         assert outcome == ["gave up"]
         time.sleep(1.5)  # the batch under way when the client left
-        before = _cpu_seconds(fn.proc.pid)
+        before = cpu_seconds(fn.proc.pid)
         time.sleep(3.0)
-        busy = _cpu_seconds(fn.proc.pid) - before
+        busy = cpu_seconds(fn.proc.pid) - before
         # The rest of the 2048 inputs would keep a core busy all along (~3 CPU s).
         assert busy < 0.5, f"fnstack used {busy:.2f} CPU s after its client had gone"
         assert httpx.post(f"{fn.base_url}/embeddings", json=small, timeout=30).status_code == 200

@@ -8,14 +8,13 @@ generating minutes of text for nobody. Real model, real sockets.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support.servers import FnstackServer
+from tests.support.servers import FnstackServer, cpu_seconds
 
 CONFIG = """\
 version: 1
@@ -35,11 +34,6 @@ storage:
     inference: {{backend: kv, namespace: chat_completions}}
 cache_dir: {cache}
 """
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @pytest.mark.slow
@@ -67,9 +61,9 @@ def test_an_abandoned_completions_request_stops_all_its_sequences(
                 "model": model, "prompt": prompts, "n": 4, "max_tokens": 200,
                 "temperature": 1.0})
         time.sleep(2.0)  # the step under way when the client left, and the cancel
-        before = _cpu_seconds(fn.proc.pid)
+        before = cpu_seconds(fn.proc.pid)
         time.sleep(3.0)
-        busy = _cpu_seconds(fn.proc.pid) - before
+        busy = cpu_seconds(fn.proc.pid) - before
         # Still generating, the engine would keep both cores busy (~3-6 CPU s).
         assert busy < 0.5, f"fnstack used {busy:.2f} CPU s after its client had gone"
         ok = httpx.post(f"{fn.base_url}/completions", timeout=60, json={

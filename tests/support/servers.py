@@ -13,7 +13,7 @@ import httpx
 
 from tests.support.fake_openai import free_port
 
-__all__ = ["FnstackServer"]
+__all__ = ["FnstackServer", "cpu_seconds"]
 
 
 class FnstackServer:
@@ -69,3 +69,9 @@ class FnstackServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
