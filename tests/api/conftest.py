@@ -13,7 +13,9 @@ tenancy tests create ordinary principals' keys with it through ``POST /v1/keys``
 
 One real llama.cpp server (SmolLM2 GGUF) starts first, for the whole session, and every
 mode gets its URL as ``FNSTACK_OPENAI_BASE_URL``: the ``remote::openai`` provider
-``openai`` then serves its model next to the inline ones.
+``openai`` then serves its model next to the inline ones. A rule-based scripted upstream
+(tests/support/scripted_llm.py, model ``scripted``) is the second ``remote::openai``
+provider ``vllm`` (``FNSTACK_VLLM_BASE_URL``): the agent tests' reliable tool caller.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import openai
 import pytest
 
 from tests.support.llamacpp import LlamaCppServer
+from tests.support.scripted_llm import ScriptedLLM
 from tests.support.servers import FnstackServer
 
 MODES = ("local", "gateway")
@@ -96,14 +99,23 @@ def _gateway(tmp: Path, upstream: dict[str, str]) -> Iterator[LiveApi]:
 
 
 @pytest.fixture(scope="session")
+def scripted_llm() -> Iterator[ScriptedLLM]:
+    """The scripted upstream behind ``remote::openai`` provider ``vllm`` in every mode."""
+    with ScriptedLLM() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def api(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     llamacpp: LlamaCppServer,
+    scripted_llm: ScriptedLLM,
 ) -> Iterator[LiveApi]:
     tmp = tmp_path_factory.mktemp(f"api-{request.param}")
     starter = _local if request.param == "local" else _gateway
-    yield from starter(tmp, {"FNSTACK_OPENAI_BASE_URL": llamacpp.base_url})
+    yield from starter(tmp, {"FNSTACK_OPENAI_BASE_URL": llamacpp.base_url,
+                             "FNSTACK_VLLM_BASE_URL": scripted_llm.base_url})
     # No request of the suite may end in a 500: bad input and upstream faults each have
     # their own status. The access log (JSON lines) says how every request ended.
     errors = [line for log in tmp.glob("*.log") for line in log.read_text().splitlines()
