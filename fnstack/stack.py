@@ -74,9 +74,12 @@ def _runnable(config: RunConfig, spec: ServiceSpec, specs: Mapping[str, ServiceS
 
 
 def plan_services(
-    apis: Iterable[Api], specs: Mapping[str, ServiceSpec]
+    apis: Iterable[Api], specs: Mapping[str, ServiceSpec], config: RunConfig | None = None
 ) -> tuple[list[ServiceSpec], list[ServiceSpec]]:
-    """(services to build in dependency order, services whose routes are served)."""
+    """(services to build in dependency order, services whose routes are served).
+
+    A spec's ``optional`` services are planned when registered and (given ``config``)
+    runnable under it."""
     wanted = set(apis)
     routed = [s for s in specs.values() if wanted.intersection(s.apis)]
     order: list[ServiceSpec] = []
@@ -96,6 +99,9 @@ def plan_services(
                     f"(registered: {', '.join(sorted(specs))})"
                 )
             visit(specs[dep], [*path, spec.name])
+        for dep in spec.optional:
+            if dep in specs and (config is None or _runnable(config, specs[dep], specs, set())):
+                visit(specs[dep], [*path, spec.name])
         state[spec.name] = "done"
         order.append(spec)
 
@@ -137,7 +143,7 @@ class Stack:
         self.config = config
         self.apis = served_apis(config, apis)
         self.specs = dict(specs) if specs is not None else available_services()
-        self.build_order, self.routed = plan_services(self.apis, self.specs)
+        self.build_order, self.routed = plan_services(self.apis, self.specs, config)
         _check_stores(config, self.build_order)
         self.stores = Stores(config.storage)
         self.policy = _policy(config)
@@ -179,7 +185,8 @@ class Stack:
                     config=self.config,
                     stores=self.stores,
                     policy=self.policy,
-                    deps={d: self._services[d] for d in spec.depends},
+                    deps={d: self._services[d] for d in (*spec.depends, *spec.optional)
+                          if d in self._services},
                     providers=providers,
                     quotas=self.quotas,
                     jobs=self.jobs,

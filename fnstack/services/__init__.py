@@ -108,6 +108,9 @@ class ServiceSpec:
     # The router serving this service's routes, imported only when the service is served.
     router: Callable[[], APIRouter] | None = None
     depends: tuple[str, ...] = ()
+    # Services used when this config can run them (built first, then in ``deps``), absent
+    # otherwise: a feature that needs one answers with its own error when it is missing.
+    optional: tuple[str, ...] = ()
     stores: tuple[StoreNeed, ...] = ()
     # The providers it routes to; the container builds only these (and checks them
     # against ``provider_protocol``).
