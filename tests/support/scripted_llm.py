@@ -13,8 +13,9 @@ model id in fnstack is ``scripted`` too (constant `MODEL`).
 
 Rules, applied to the request's messages (first match wins):
 
-1. The last user message contains ``LOOP <tool_name>``: always call that tool again (arguments ``{}``) - a loop that never ends.
-   Checked on the last *user* message, so it holds after tool results too.
+1. The last user message contains ``LOOP <tool_name>``: always call that tool again
+   (arguments ``{}``) - a loop that never ends. Checked on the last *user* message, so
+   it holds after tool results too.
 2. The last message is a user message with lines ``CALL <tool_name> <json-object-args>``:
    one tool call per such line (several = parallel calls), ids ``call_<n>`` (n counts
    from 1 across the server's life, so ids stay unique), finish_reason ``tool_calls``.
@@ -69,7 +70,7 @@ def _text(content: Any) -> str:
 
 
 def _fill(schema: dict[str, Any], text: str) -> Any:
-    if "enum" in schema and schema["enum"]:
+    if schema.get("enum"):
         return schema["enum"][0]
     kind = schema.get("type")
     if isinstance(kind, list):
