@@ -1,0 +1,87 @@
+"""``remote::tavily-search``: the Tavily Search API.
+
+``POST {base_url}/search`` with ``Authorization: Bearer <key>`` and a JSON body
+``{"query", "max_results", "search_depth": "basic", "include_answer": false, ...}``; the
+answer's ``results[]`` carry ``title``, ``url``, ``content`` (an extract made for LLMs)
+and ``score`` (0..1). ``max_results`` is at most 20.
+
+Example run config::
+
+    providers:
+      tool_runtime:
+        - provider_id: tavily
+          provider_type: remote::tavily-search
+          config:
+            api_key: ${env.FNSTACK_TAVILY_API_KEY}
+            base_url: https://api.tavily.com
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from fnstack.api.tool_runtime import MAX_SEARCH_RESULTS, WebSearchResult
+from fnstack.errors import UpstreamError
+from fnstack.spec import Api, ProviderContext, ProviderModel, ProviderSpec
+from providers.tool_runtime._search import SearchConfig, SearchHttp
+
+__all__ = ["TavilySearchConfig", "TavilySearchProvider", "spec"]
+
+
+class TavilySearchConfig(SearchConfig):
+    base_url: str = Field(default="https://api.tavily.com",
+                          description="Tavily's API origin (tests: a local fake)")
+    # "advanced" costs two credits a search and takes seconds longer.
+    search_depth: Literal["basic", "advanced"] = "basic"
+
+
+class TavilySearchProvider:
+    def __init__(self, config: TavilySearchConfig) -> None:
+        self.config = config
+        self.http = SearchHttp("Tavily", config, {"Authorization": f"Bearer {config.api_key}"})
+
+    async def list_models(self) -> list[ProviderModel]:
+        return []
+
+    async def web_search(self, query: str, max_results: int) -> list[WebSearchResult]:
+        count = max(1, min(max_results, MAX_SEARCH_RESULTS))
+        body = await self.http.request("POST", "/search", json={
+            "query": query,
+            "max_results": count,
+            "search_depth": self.config.search_depth,
+            "include_answer": False,
+            "include_raw_content": False,
+            "include_images": False,
+        })
+        raw = body.get("results") if isinstance(body, dict) else None
+        if not isinstance(raw, list):
+            raise UpstreamError("Tavily answered without a results list")
+        out: list[WebSearchResult] = []
+        for r in raw:
+            if not isinstance(r, dict) or not isinstance(r.get("url"), str):
+                continue
+            score = r.get("score")
+            out.append(WebSearchResult(
+                title=str(r.get("title") or r["url"]), url=r["url"],
+                content=str(r.get("content") or ""),
+                score=float(score) if isinstance(score, int | float) else None,
+            ))
+        return out[:count]
+
+    async def shutdown(self) -> None:
+        await self.http.close()
+
+
+async def _create(config: TavilySearchConfig, context: ProviderContext) -> TavilySearchProvider:
+    return TavilySearchProvider(config)
+
+
+spec = ProviderSpec(
+    api=Api.tool_runtime,
+    provider_type="remote::tavily-search",
+    config_class=TavilySearchConfig,
+    factory=_create,
+    description="Web search through the Tavily Search API",
+)
