@@ -140,6 +140,15 @@ class InferenceStoreConfig(_Strict):
     store_by_default: bool = True
 
 
+class ResponsesConfig(_Strict):
+    """The Responses API's agent loop (docs/responses.md)."""
+
+    # Model calls one response may make; past it the response ends ``incomplete``.
+    max_inference_calls: int = Field(default=10, ge=1, le=1000)
+    # Seconds a background run works before it re-enqueues the rest (Lambda: 120 s).
+    run_budget_s: float = Field(default=80.0, gt=0)
+
+
 class BatchesConfig(_Strict):
     """How the batch worker runs a job (docs/batches.md)."""
 
@@ -188,6 +197,7 @@ class RunConfig(_Strict):
     inference_store: InferenceStoreConfig = InferenceStoreConfig()
     files: FilesConfig = FilesConfig()
     batches: BatchesConfig = BatchesConfig()
+    responses: ResponsesConfig = ResponsesConfig()
     logging: LoggingConfig = LoggingConfig()
     # Permit/forbid rules, first match wins (fnstack/access.py); None: the default policy.
     access_policy: list[AccessRule] | None = None
