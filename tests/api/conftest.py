@@ -29,7 +29,9 @@ import httpx
 import openai
 import pytest
 
+from tests.support.fake_search import TAVILY_KEY, FakeSearch
 from tests.support.llamacpp import LlamaCppServer
+from tests.support.mcp_server import McpTestServer
 from tests.support.scripted_llm import ScriptedLLM
 from tests.support.servers import FnstackServer
 
@@ -106,16 +108,39 @@ def scripted_llm() -> Iterator[ScriptedLLM]:
 
 
 @pytest.fixture(scope="session")
+def mcp_server() -> Iterator[McpTestServer]:
+    """A real MCP server (the mcp SDK's) on 127.0.0.1, for the Responses API's mcp tool."""
+    with McpTestServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def fake_search() -> Iterator[FakeSearch]:
+    """Tavily's (and Brave's) wire format on 127.0.0.1: the web_search tool's provider."""
+    with FakeSearch(slow_s=60) as server:
+        yield server
+
+
+# What the tools of the Responses API reach in every mode: web search through Tavily's
+# wire format, MCP calls bounded by a short deadline (the slow-tool tests wait for it).
+TOOLS_TIMEOUT_S = 4
+
+
+@pytest.fixture(scope="session")
 def api(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     llamacpp: LlamaCppServer,
     scripted_llm: ScriptedLLM,
+    fake_search: FakeSearch,
 ) -> Iterator[LiveApi]:
     tmp = tmp_path_factory.mktemp(f"api-{request.param}")
     starter = _local if request.param == "local" else _gateway
     yield from starter(tmp, {"FNSTACK_OPENAI_BASE_URL": llamacpp.base_url,
-                             "FNSTACK_VLLM_BASE_URL": scripted_llm.base_url})
+                             "FNSTACK_VLLM_BASE_URL": scripted_llm.base_url,
+                             "FNSTACK_TAVILY_API_KEY": TAVILY_KEY,
+                             "FNSTACK_TAVILY_BASE_URL": fake_search.base_url,
+                             "FNSTACK_MCP_TIMEOUT_S": str(TOOLS_TIMEOUT_S)})
     # No request of the suite may end in a 500: bad input and upstream faults each have
     # their own status. The access log (JSON lines) says how every request ended.
     errors = [line for log in tmp.glob("*.log") for line in log.read_text().splitlines()
