@@ -42,6 +42,14 @@ class McpError(UpstreamError):
 
     default_code = "mcp_error"
 
+    def __init__(self, message: str, *, code: str, http_status: int | None = None,
+                 rpc_code: int | None = None) -> None:
+        super().__init__(message, code=code)
+        # The HTTP status the server (or, for timeouts and refused connections, the
+        # gateway role we play: 504, 502) answered; the JSON-RPC error code, if any.
+        self.http_status = http_status
+        self.rpc_code = rpc_code
+
 
 @dataclass(frozen=True)
 class McpTool:
@@ -149,7 +157,7 @@ async def _session(server_url: str, headers: dict[str, str] | None,
         raise
     except TimeoutError as exc:
         raise McpError(f"MCP server {where} did not answer within {seconds:g} s",
-                       code="mcp_timeout") from exc
+                       code="mcp_timeout", http_status=504) from exc
     except Exception as exc:
         raise _translate(exc, where, seen.error_status) from exc
 
@@ -195,18 +203,19 @@ def _translate(exc: BaseException, where: str, status: int | None) -> McpError:
                 if status in (401, 403) else
                 " (check server_url: nothing serves MCP there)" if status in (404, 405) else "")
         return McpError(f"MCP server {where} answered HTTP {status}{hint}",
-                        code="mcp_http_error")
+                        code="mcp_http_error", http_status=status)
     if isinstance(leaf, TimeoutError | httpx2.TimeoutException):
-        return McpError(f"MCP server {where} did not answer in time", code="mcp_timeout")
+        return McpError(f"MCP server {where} did not answer in time", code="mcp_timeout",
+                        http_status=504)
     if isinstance(leaf, httpx2.ConnectError | ConnectionError | OSError):
         return McpError(f"MCP server {where} is unreachable: {leaf or type(leaf).__name__}",
-                        code="mcp_unreachable")
+                        code="mcp_unreachable", http_status=502)
     if isinstance(leaf, httpx2.TransportError):
         return McpError(f"MCP server {where} broke the connection: {leaf}",
-                        code="mcp_unreachable")
+                        code="mcp_unreachable", http_status=502)
     if isinstance(leaf, MCPError):
         return McpError(f"MCP server {where} answered an error: {leaf.message or 'error'}",
-                        code="mcp_protocol_error")
+                        code="mcp_protocol_error", rpc_code=leaf.code)
     return McpError(f"MCP server {where} failed: {type(leaf).__name__}: {leaf}",
                     code="mcp_protocol_error")
 
