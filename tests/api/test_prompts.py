@@ -4,10 +4,13 @@ prompt is a 404)."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -182,3 +185,46 @@ def test_another_principals_prompt_is_a_404(pair: tuple[Tenant, Tenant]) -> None
     got = alice.http.get(f"/v1/prompts/{pid}").json()
     assert got["prompt"] == "alice's {{ secret }}" and got["version"] == 1
     assert pid in {p["prompt_id"] for p in alice.http.get("/v1/prompts").json()["data"]}
+
+
+# llama-stack-client (on Python 3.12, in .venv-lsc: see test_llama_stack_client.py) drives
+# every prompts call it has; the script prints one JSON line of what came back.
+LSC_SCRIPT = r"""
+import json, sys
+from llama_stack_client import LlamaStackClient
+c = LlamaStackClient(base_url=sys.argv[1], api_key=sys.argv[2], max_retries=0)
+p = c.prompts.create(prompt="Dear {{ name }}", variables=["name"])
+u = c.prompts.update(p.prompt_id, prompt="Hello {{ name }}", version=1, set_as_default=False)
+d = c.prompts.set_default_version(p.prompt_id, version=2)
+out = {
+    "created": p.model_dump(), "updated": u.model_dump(), "default": d.model_dump(),
+    "retrieved_v1": c.prompts.retrieve(p.prompt_id, version=1).model_dump(),
+    "retrieved": c.prompts.retrieve(p.prompt_id).model_dump(),
+    "versions": [v.version for v in c.prompts.versions.list(p.prompt_id)],
+    "listed": p.prompt_id in [x.prompt_id for x in c.prompts.list()],
+}
+c.prompts.delete(p.prompt_id)
+try:
+    c.prompts.retrieve(p.prompt_id)
+    out["after_delete"] = "found"
+except Exception as exc:
+    out["after_delete"] = type(exc).__name__
+print(json.dumps(out))
+"""
+
+
+def test_llama_stack_client_prompts(api: LiveApi) -> None:
+    python = Path(__file__).resolve().parents[2] / ".venv-lsc" / "bin" / "python"
+    assert python.exists(), f"{python} is missing: run scripts/setup.sh --tests"
+    done = subprocess.run([str(python), "-c", LSC_SCRIPT, api.base_url.removesuffix("/v1"),
+                           api.key], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert PROMPT_ID.fullmatch(out["created"]["prompt_id"])
+    assert out["created"]["version"] == 1 and out["created"]["variables"] == ["name"]
+    assert out["updated"]["version"] == 2 and out["updated"]["is_default"] is False
+    assert out["default"]["version"] == 2 and out["default"]["is_default"] is True
+    assert out["retrieved_v1"]["prompt"] == "Dear {{ name }}"
+    assert out["retrieved"]["prompt"] == "Hello {{ name }}"
+    assert out["versions"] == [1, 2] and out["listed"] is True
+    assert out["after_delete"] == "NotFoundError"
