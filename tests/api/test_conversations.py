@@ -7,6 +7,7 @@ another principal's conversation (and its items) is a 404 for every operation.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 
@@ -240,3 +241,31 @@ def test_a_long_conversation_pages_in_order(client: openai.OpenAI) -> None:
     client.conversations.delete(conv.id)
     with pytest.raises(openai.NotFoundError):
         client.conversations.items.list(conv.id)
+
+
+def test_openai_agents_session_runs_unchanged(api: LiveApi) -> None:
+    """The openai-agents SDK's OpenAIConversationsSession (agent memory on this API)."""
+    from agents.memory import OpenAIConversationsSession
+
+    async def scenario() -> None:
+        client = openai.AsyncOpenAI(base_url=api.base_url, api_key=api.key, max_retries=0)
+        session = OpenAIConversationsSession(openai_client=client)
+        sent = [{"role": "user" if n % 2 == 0 else "assistant", "content": f"turn {n}"}
+                for n in range(45)]
+        await session.add_items(sent)  # type: ignore[arg-type]
+        everything = await session.get_items()
+        assert len(everything) == 45
+        assert [i["content"][0]["text"] for i in everything] == [f"turn {n}"  # type: ignore[index]
+                                                                  for n in range(45)]
+        last = await session.get_items(limit=3)
+        assert [i["content"][0]["text"] for i in last] == ["turn 42", "turn 43", "turn 44"]  # type: ignore[index]
+        popped = await session.pop_item()
+        assert popped is not None and popped["content"][0]["text"] == "turn 44"  # type: ignore[index,typeddict-item]
+        assert len(await session.get_items()) == 44
+        conversation_id = session.session_id
+        await session.clear_session()
+        with pytest.raises(openai.NotFoundError):
+            await client.conversations.retrieve(conversation_id)
+        await client.close()
+
+    asyncio.run(scenario())
