@@ -48,6 +48,15 @@ The life of a built-in tool in one response (the loop in responses_loop.py drive
    gets back; use the item id as the tool call id. Items the model needs not see (an
    ``mcp_list_tools``, a pending approval request) give ``[]``.
 
+Two optional hooks (looked up with ``getattr``):
+
+- ``BuiltinTool.check(definition, param, user, service)`` (async), after ``validate``
+  and before anything is stored or run: refuse references the caller may not use
+  (``file_search``: a vector store the user cannot read is a 404 naming
+  ``tools[i].vector_store_ids[j]``). ``service(name)`` is `ToolRun.service`.
+- ``ToolSet.annotations(text, run) -> list[dict]``: annotations for the model's text
+  as its message item closes (``file_search``: ``file_citation`` of the files found).
+
 Items are plain wire dicts (the OpenAI output item shapes, e.g. ``{"type":
 "file_search_call", "id": "fs_...", "status": "completed", "queries": [...], "results":
 [...]}``) and are stored as they are: keep everything the model needs in them. A field
