@@ -1,0 +1,278 @@
+"""The Responses API's ``mcp`` tool through the official openai SDK, in every mode.
+
+A real MCP server (the mcp SDK's, tests/support/mcp_server.py) on 127.0.0.1 serves the
+tools; the scripted upstream (``CALL <tool> <args>`` lines) makes the model's calls
+certain. The model sees an MCP tool as ``<server_label>__<tool>``. Every MCP request of
+the server under test is bounded by FNSTACK_MCP_TIMEOUT_S (conftest: TOOLS_TIMEOUT_S).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import openai
+import pytest
+
+from tests.api.conftest import TOOLS_TIMEOUT_S
+from tests.support.mcp_server import TOKEN, McpTestServer, closed_port
+from tests.support.scripted_llm import MODEL as SCRIPTED
+from tests.support.scripted_llm import ScriptedLLM
+
+
+def mcp(server_url: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "mcp", "server_label": "demo", "server_url": server_url, **extra}
+
+
+def call(tool: str, **args: Any) -> str:
+    return f"CALL demo__{tool} {json.dumps(args)}"
+
+
+def of_type(response: Any, kind: str) -> list[Any]:
+    return [item for item in response.output if item.type == kind]
+
+
+def test_mcp_call_without_approval(client: openai.OpenAI, mcp_server: McpTestServer) -> None:
+    r = client.responses.create(model=SCRIPTED, input=call("add", a=2, b=40),
+                                tools=[mcp(mcp_server.url, require_approval="never")])
+    assert r.status == "completed", r.error
+    kinds = [item.type for item in r.output]
+    assert kinds == ["mcp_list_tools", "mcp_call", "message"]
+    [listed] = of_type(r, "mcp_list_tools")
+    assert listed.server_label == "demo" and listed.error is None
+    add = next(t for t in listed.tools if t.name == "add")
+    assert add.description == "Add two integers and return the sum."
+    assert add.input_schema["required"] == ["a", "b"]
+    [mcp_call] = of_type(r, "mcp_call")
+    assert mcp_call.id.startswith("mcp_") and mcp_call.server_label == "demo"
+    assert mcp_call.name == "add" and json.loads(mcp_call.arguments) == {"a": 2, "b": 40}
+    assert mcp_call.output == "42" and mcp_call.error is None
+    assert mcp_call.status == "completed"
+    assert r.output_text == "RESULT: 42"
+    # The tool definition is echoed as normalised (OpenAI's default approval is "always").
+    [tool] = r.tools
+    assert tool.type == "mcp" and tool.server_url == mcp_server.url
+    assert tool.require_approval == "never"
+
+
+def test_sse_transport(client: openai.OpenAI, mcp_server: McpTestServer) -> None:
+    r = client.responses.create(model=SCRIPTED, input=call("get_weather", city="Nantes"),
+                                tools=[mcp(mcp_server.sse_url, require_approval="never")])
+    [mcp_call] = of_type(r, "mcp_call")
+    assert mcp_call.output == "Sunny, 21 C in Nantes"
+    assert r.output_text == "RESULT: Sunny, 21 C in Nantes"
+
+
+def test_streamed_mcp_events(client: openai.OpenAI, mcp_server: McpTestServer) -> None:
+    events = list(client.responses.create(
+        model=SCRIPTED, input=call("add", a=1, b=1), stream=True,
+        tools=[mcp(mcp_server.url, require_approval="never")]))
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    types = [e.type for e in events]
+    expected = ["response.created", "response.mcp_list_tools.in_progress",
+                "response.mcp_list_tools.completed", "response.mcp_call_arguments.delta",
+                "response.mcp_call_arguments.done", "response.mcp_call.in_progress",
+                "response.mcp_call.completed", "response.output_text.done",
+                "response.completed"]
+    positions = [types.index(t) for t in expected]
+    assert positions == sorted(positions), types
+    call_id = next(e.item_id for e in events if e.type == "response.mcp_call.completed")
+    done = [e.item for e in events if e.type == "response.output_item.done"
+            and e.item.id == call_id]
+    assert done and done[0].output == "2"
+    args_done = next(e for e in events if e.type == "response.mcp_call_arguments.done")
+    assert json.loads(args_done.arguments) == {"a": 1, "b": 1}
+    assert events[-1].response.output_text == "RESULT: 2"
+
+
+def test_approval_round_trip(client: openai.OpenAI, mcp_server: McpTestServer) -> None:
+    city = f"Town-{uuid.uuid4().hex[:6]}"
+    tools = [mcp(mcp_server.url)]  # require_approval defaults to "always"
+    first = client.responses.create(model=SCRIPTED, input=call("get_weather", city=city),
+                                    tools=tools)
+    assert first.status == "completed"
+    assert [i.type for i in first.output] == ["mcp_list_tools", "mcp_approval_request"]
+    [request] = of_type(first, "mcp_approval_request")
+    assert request.id.startswith("mcpr_") and request.name == "get_weather"
+    assert json.loads(request.arguments) == {"city": city}
+    assert {"city": city} not in mcp_server.called("get_weather")  # nothing ran yet
+
+    second = client.responses.create(
+        model=SCRIPTED, previous_response_id=first.id, tools=tools,
+        input=[{"type": "mcp_approval_response", "approval_request_id": request.id,
+                "approve": True}])
+    assert second.status == "completed", second.error
+    # The tool list of the previous response is reused: no second mcp_list_tools.
+    assert [i.type for i in second.output] == ["mcp_call", "message"]
+    [mcp_call] = of_type(second, "mcp_call")
+    assert mcp_call.approval_request_id == request.id
+    assert mcp_call.output == f"Sunny, 21 C in {city}"
+    assert second.output_text == f"RESULT: Sunny, 21 C in {city}"
+    assert mcp_server.called("get_weather").count({"city": city}) == 1
+
+
+def test_denied_approval_runs_nothing(client: openai.OpenAI,
+                                      mcp_server: McpTestServer) -> None:
+    text = f"secret-{uuid.uuid4().hex[:6]}"
+    tools = [mcp(mcp_server.url, require_approval="always")]
+    first = client.responses.create(model=SCRIPTED, input=call("echo", text=text),
+                                    tools=tools)
+    [request] = of_type(first, "mcp_approval_request")
+    second = client.responses.create(
+        model=SCRIPTED, previous_response_id=first.id, tools=tools,
+        input=[{"type": "mcp_approval_response", "approval_request_id": request.id,
+                "approve": False, "reason": "not today"}])
+    assert second.status == "completed"
+    assert of_type(second, "mcp_call") == []
+    assert "denied" in second.output_text and "not today" in second.output_text
+    assert {"text": text} not in mcp_server.called("echo")
+
+
+def test_approval_filter_and_parallel_calls(client: openai.OpenAI,
+                                            mcp_server: McpTestServer) -> None:
+    city = f"Ville-{uuid.uuid4().hex[:6]}"
+    r = client.responses.create(
+        model=SCRIPTED, input=call("add", a=3, b=4) + "\n" + call("get_weather", city=city),
+        tools=[mcp(mcp_server.url, require_approval={"never": {"tool_names": ["add"]}})])
+    assert r.status == "completed"
+    [mcp_call] = of_type(r, "mcp_call")
+    assert mcp_call.name == "add" and mcp_call.output == "7"
+    [request] = of_type(r, "mcp_approval_request")
+    assert request.name == "get_weather"
+    assert {"city": city} not in mcp_server.called("get_weather")
+
+
+def test_allowed_tools(client: openai.OpenAI, mcp_server: McpTestServer,
+                       scripted_llm: ScriptedLLM) -> None:
+    marker = uuid.uuid4().hex
+    r = client.responses.create(model=SCRIPTED, input=f"hello {marker}",
+                                tools=[mcp(mcp_server.url, allowed_tools=["add", "echo"])])
+    [listed] = of_type(r, "mcp_list_tools")
+    assert sorted(t.name for t in listed.tools) == ["add", "echo"]
+    sent = next(body for body in reversed(scripted_llm.requests)
+                if marker in json.dumps(body.get("messages")))
+    assert sorted(t["function"]["name"] for t in sent["tools"]) == ["demo__add", "demo__echo"]
+    r = client.responses.create(
+        model=SCRIPTED, input="hi",
+        tools=[mcp(mcp_server.url, allowed_tools={"tool_names": ["get_weather"]})])
+    assert [t.name for t in of_type(r, "mcp_list_tools")[0].tools] == ["get_weather"]
+
+
+def test_tool_error_is_a_failed_call(client: openai.OpenAI, mcp_server: McpTestServer) -> None:
+    r = client.responses.create(model=SCRIPTED, input=call("fail", message="disk full"),
+                                tools=[mcp(mcp_server.url, require_approval="never")])
+    assert r.status == "completed"
+    [mcp_call] = of_type(r, "mcp_call")
+    assert mcp_call.status == "failed" and mcp_call.output is None
+    assert mcp_call.error.type == "mcp_tool_execution_error"
+    assert "disk full" in json.dumps(mcp_call.error.content)
+    assert "disk full" in r.output_text  # the model read the error
+
+
+def test_slow_tool_times_out_as_a_failed_call(client: openai.OpenAI,
+                                              mcp_server: McpTestServer) -> None:
+    started = time.monotonic()
+    r = client.responses.create(model=SCRIPTED, input=call("slow", seconds=60),
+                                tools=[mcp(mcp_server.url, require_approval="never")])
+    assert time.monotonic() - started < TOOLS_TIMEOUT_S + 20
+    assert r.status == "completed"
+    [mcp_call] = of_type(r, "mcp_call")
+    assert mcp_call.status == "failed"
+    assert mcp_call.error.type == "http_error" and mcp_call.error.code == 504
+    assert f"did not answer within {TOOLS_TIMEOUT_S} s" in mcp_call.error.message
+    assert "did not answer" in r.output_text
+
+
+def test_server_down_mid_conversation_is_a_failed_call(client: openai.OpenAI) -> None:
+    with McpTestServer() as server:
+        tools = [mcp(server.url, require_approval="never")]
+        first = client.responses.create(model=SCRIPTED, input="list your tools", tools=tools)
+        assert of_type(first, "mcp_list_tools")[0].tools
+    # The server is gone; the next turn reuses the tool list and the call fails fast.
+    started = time.monotonic()
+    second = client.responses.create(model=SCRIPTED, previous_response_id=first.id,
+                                     input=call("add", a=1, b=2), tools=tools)
+    assert time.monotonic() - started < TOOLS_TIMEOUT_S + 20
+    assert second.status == "completed"
+    [mcp_call] = of_type(second, "mcp_call")
+    assert mcp_call.status == "failed" and mcp_call.error.type == "http_error"
+    assert mcp_call.error.code == 502 and "unreachable" in mcp_call.error.message
+
+
+def test_server_down_fails_the_response_clearly(client: openai.OpenAI) -> None:
+    url = f"http://127.0.0.1:{closed_port()}/mcp"
+    started = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as info:
+        client.responses.create(model=SCRIPTED, input=call("add", a=1, b=2),
+                                tools=[mcp(url, require_approval="never")])
+    assert time.monotonic() - started < TOOLS_TIMEOUT_S + 20
+    assert info.value.status_code == 502
+    message = info.value.body["message"] if isinstance(info.value.body, dict) else ""
+    assert "cannot list the server's tools" in message and "unreachable" in message
+
+
+def test_server_down_streamed_fails_with_the_list_item(client: openai.OpenAI) -> None:
+    url = f"http://127.0.0.1:{closed_port()}/mcp"
+    events = list(client.responses.create(model=SCRIPTED, input="hi", stream=True,
+                                          tools=[mcp(url, require_approval="never")]))
+    types = [e.type for e in events]
+    assert "response.mcp_list_tools.failed" in types
+    assert types[-1] == "response.failed"
+    failed = events[-1].response
+    assert failed.status == "failed" and "unreachable" in failed.error.message
+    [listed] = [i for i in failed.output if i.type == "mcp_list_tools"]
+    assert listed.error and "unreachable" in listed.error
+
+
+def test_headers_reach_the_server(client: openai.OpenAI, mcp_server: McpTestServer) -> None:
+    r = client.responses.create(
+        model=SCRIPTED, input=call("echo", text="authorized"),
+        tools=[mcp(mcp_server.secure_url, require_approval="never",
+                   headers={"Authorization": f"Bearer {TOKEN}"})])
+    assert of_type(r, "mcp_call")[0].output == "authorized"
+    # OpenAI's `authorization` field is the same bearer token.
+    r = client.responses.create(
+        model=SCRIPTED, input=call("echo", text="oauth"),
+        tools=[mcp(mcp_server.secure_url, require_approval="never", authorization=TOKEN)])
+    assert of_type(r, "mcp_call")[0].output == "oauth"
+    with pytest.raises(openai.APIStatusError) as info:
+        client.responses.create(model=SCRIPTED, input="hi",
+                                tools=[mcp(mcp_server.secure_url, require_approval="never")])
+    assert info.value.status_code == 502
+    assert "HTTP 401" in str(info.value.body)
+
+
+@pytest.mark.parametrize(("tool", "param"), [
+    ({"type": "mcp", "server_label": "demo"}, "tools[0].server_url"),
+    ({"type": "mcp", "server_label": "9 bad", "server_url": "http://x/mcp"},
+     "tools[0].server_label"),
+    ({"type": "mcp", "server_label": "demo", "server_url": "file:///etc/passwd"},
+     "tools[0].server_url"),
+    ({"type": "mcp", "server_label": "demo", "connector_id": "connector_gmail"},
+     "tools[0].connector_id"),
+    ({"type": "mcp", "server_label": "demo", "server_url": "http://x/mcp",
+      "require_approval": "sometimes"}, "tools[0].require_approval"),
+    ({"type": "mcp", "server_label": "demo", "server_url": "http://x/mcp",
+      "allowed_tools": "add"}, "tools[0].allowed_tools"),
+    ({"type": "mcp", "server_label": "demo", "server_url": "http://x/mcp",
+      "headers": {"X-Count": 3}}, "tools[0].headers"),
+])
+def test_bad_definitions_are_400(client: openai.OpenAI, tool: dict[str, Any],
+                                 param: str) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.responses.create(model=SCRIPTED, input="hi", tools=[tool])
+    assert info.value.body["param"] == param, info.value.body
+
+
+def test_unknown_approval_request_is_400(client: openai.OpenAI,
+                                                   mcp_server: McpTestServer) -> None:
+    first = client.responses.create(model=SCRIPTED, input="hi",
+                                    tools=[mcp(mcp_server.url)])
+    with pytest.raises(openai.BadRequestError) as info:
+        client.responses.create(
+            model=SCRIPTED, previous_response_id=first.id, tools=[mcp(mcp_server.url)],
+            input=[{"type": "mcp_approval_response", "approval_request_id": "mcpr_nope",
+                    "approve": True}])
+    assert "mcpr_nope" in info.value.body["message"]
