@@ -32,6 +32,9 @@ storage:
     files: {backend: blob_default, prefix: files/}
     file_records: {backend: kv_default, namespace: files}
     vector_stores: {backend: kv_default, namespace: vector_stores}
+    conversations: {backend: kv_default, namespace: conversations}
+    prompts: {backend: kv_default, namespace: prompts}
+    responses: {backend: kv_default, namespace: responses}
 queues:
   batches:
     type: sqs
@@ -49,11 +52,7 @@ def glue_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def built_bundle() -> Path:
-    """.aws-sam/build with the working tree's own code (`bash .ci/serverless.sh` made it)."""
-    from fnstack_dev.bundle import refresh_code
-    from tests.support.gateway import BUILD_DIR
+    """.aws-sam/build with the working tree's own code (built first when missing or stale)."""
+    from tests.support.gateway import ensure_built
 
-    if not (BUILD_DIR / "template.yaml").is_file():
-        pytest.fail(f"no built bundle in {BUILD_DIR}: run `bash .ci/serverless.sh` first")
-    refresh_code(ROOT, BUILD_DIR)
-    return BUILD_DIR
+    return ensure_built()

@@ -27,6 +27,7 @@ FUNCTION_APIS = {
     "VectorStoresFunction": [Api.vector_io],
     "SafetyFunction": [Api.safety],
     "BatchesFunction": [Api.batches],
+    "ConversationsFunction": [Api.conversations],
 }
 CORE_ROUTES_FUNCTION = "AdminFunction"  # /v1/health and /v1/version live in every app
 CATCH_ALL = "/{proxy+}"
@@ -221,7 +222,7 @@ def _function(cfn: dict[str, Any], name: str) -> tuple[dict[str, Any], str]:
 
 
 HTTP_FUNCTIONS = ("AdminFunction", "ModelsFunction", "InferenceFunction", "FilesFunction",
-                  "VectorStoresFunction", "BatchesFunction")
+                  "VectorStoresFunction", "BatchesFunction", "ConversationsFunction")
 
 
 def test_streaming_routes_may_stream_for_fifteen_minutes() -> None:

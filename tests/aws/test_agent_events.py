@@ -1,0 +1,42 @@
+"""`fnstack invoke` with the sample events of the agent APIs (conversations, prompts,
+responses), on emulated AWS: each function starts from the built bundle and answers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.aws.conftest import EVENTS, ROOT
+
+
+def _invoke(function: str, event: str) -> dict[str, object]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "fnstack.cli", "invoke", function,
+         "--event", str(EVENTS / event), "--emulate-aws"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out: dict[str, object] = json.loads(proc.stdout)
+    return out
+
+
+CASES = [
+    ("ConversationsFunction", "api-conversations-create.json", 200,
+     {"object": "conversation", "metadata": {"topic": "demo"}}),
+    ("ConversationsFunction", "api-conversations-get-missing.json", 404, {"error": {
+        "message": "conversation 'conv_unknown' not found", "type": "invalid_request_error",
+        "param": "conversation_id", "code": "not_found"}}),
+]
+
+
+@pytest.mark.parametrize(("function", "event", "status", "expect"), CASES)
+def test_agent_events(built_bundle: Path, function: str, event: str, status: int,
+                      expect: dict[str, object]) -> None:
+    out = _invoke(function, event)
+    assert out["statusCode"] == status, out
+    body = json.loads(str(out["body"]))
+    assert {k: body[k] for k in expect} == expect
