@@ -2,7 +2,11 @@
 # The serverless bundle in CI: offline template validation, `sam build` of the zip
 # functions and the provider layer (no Docker), the 250 MB layer budget.
 # Called by .ci/run with $VENV set and the repository root as cwd. Idempotent.
+# `--build`: the bundle only (no validation, no checkov), as the tests' emulated gateway
+# asks for it when .aws-sam/build is missing or its layer is stale.
 set -euo pipefail
+BUILD_ONLY=0
+[ "${1:-}" = "--build" ] && BUILD_ONLY=1
 
 VENV=${VENV:-.venv}
 # A real python3.12 (pyenv's shims fail when 3.12 is not the selected version).
@@ -28,6 +32,7 @@ fi
 "$VENV/bin/python" -c "import samtranslator" 2>/dev/null \
   || "$VENV/bin/pip" install --quiet --disable-pip-version-check "aws-sam-translator==1.115.0"
 
+if [ "$BUILD_ONLY" = 0 ]; then
 echo "== validate template.yaml (SAM transform + cfn-lint)"
 "$VENV/bin/python" -m fnstack_dev.validate_template --output .aws-sam/template.cfn.json
 
@@ -41,6 +46,7 @@ if ! "$CHECKOV_VENV/bin/checkov" --version 2>/dev/null | grep -q "$CHECKOV_VERSI
   "$CHECKOV_VENV/bin/pip" install --quiet --disable-pip-version-check "checkov==$CHECKOV_VERSION"
 fi
 "$CHECKOV_VENV/bin/checkov" --config-file .checkov.yaml -f .aws-sam/template.cfn.json
+fi
 
 echo "== prebuild the layer's models (ONNX export needs torch: the project's venv)"
 "$VENV/bin/python" infra/prebuild_models.py
@@ -48,6 +54,8 @@ echo "== prebuild the layer's models (ONNX export needs torch: the project's ven
 echo "== sam build (zip functions + provider layer; the image function needs Docker)"
 export SAM_CLI_TELEMETRY=0
 PATH="$(dirname "$PY312"):$PATH" "$SAM_VENV/bin/python" infra/sam_build.py
+# The layer now matches its inputs (the tests rebuild when they change).
+"$VENV/bin/python" -m fnstack_dev.bundle --layer-built .aws-sam/build
 
 echo "== layer budget"
 "$VENV/bin/python" infra/check_layer_size.py .aws-sam/build

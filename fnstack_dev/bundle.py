@@ -9,6 +9,9 @@ layers that hold it, the way layers/Makefile does. A change to a dependency, or 
 function or layer, still needs `sam build`.
 
     python -m fnstack_dev.bundle [.aws-sam/build]
+
+`.ci/serverless.sh` runs it with ``--layer-built`` after `sam build`: the stamp of the
+layer's inputs (``layer_stamp``) then tells the tests whether the layer is current.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import yaml
 from fnstack_dev.sandbox import find_python312
 from fnstack_dev.template import Template, load_template
 
-__all__ = ["refresh_code"]
+__all__ = ["layer_stamp", "refresh_code"]
 
 # What the project installs into a layer (layers/Makefile), and what it must not.
 _PROJECT = ("fnstack", "providers")
@@ -64,6 +67,16 @@ def _stamp(root: Path) -> str:
                         if p.is_file() and "__pycache__" not in p.parts)
     for path in files:
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def layer_stamp(root: Path) -> str:
+    """A hash of what the layer's third-party part is built from: when it differs from
+    the one `.ci/serverless.sh` wrote after its `sam build`, only a new build will do."""
+    digest = hashlib.sha256()
+    for path in (root / "layers" / "requirements.txt", root / "layers" / "Makefile",
+                 root / "infra" / "prebuild_models.py"):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 
@@ -124,6 +137,10 @@ def _refresh(root: Path, build_dir: Path, python: str | None) -> None:
 
 
 if __name__ == "__main__":
-    build = Path(sys.argv[1] if len(sys.argv) > 1 else ".aws-sam/build").resolve()
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    build = Path(args[0] if args else ".aws-sam/build").resolve()
+    if "--layer-built" in sys.argv:
+        # `.ci/serverless.sh` after its `sam build`: the layer matches these inputs.
+        (build / ".fnstack-layer-stamp").write_text(layer_stamp(Path.cwd()))
     refresh_code(Path.cwd(), build)
     print(f"refreshed the project's code in {build}")

@@ -13,5 +13,8 @@ from fnstack.lambda_runtime import lambda_handler, load_secrets
 from fnstack.spec import Api
 
 load_secrets()  # the API keys of upstreams, from Secrets Manager, at cold start
-app = create_app(load_config(os.environ["FNSTACK_CONFIG"]), apis=[Api.inference], lifespan=False)
+config = load_config(os.environ["FNSTACK_CONFIG"])
+# The container image runs this module too, with its own config naming its APIs
+# (functions/inference_image/image.yaml: the bundled model and its model list).
+app = create_app(config, apis=config.apis or [Api.inference], lifespan=False)
 handler = lambda_handler(app)

@@ -4,17 +4,22 @@ Every request becomes an API Gateway REST proxy event routed by template.yaml to
 function; storage is moto (DynamoDB, S3, SQS) created from the template's own resource
 definitions.
 
-``built=True`` runs what deploys: the `sam build` output in .aws-sam/build (make it
-once with ``bash .ci/serverless.sh``), each function in its own python3.12 process with
-Lambda's environment, the inference routes through their Web Adapter script (streamed).
-The project's own code in it is refreshed from the working tree first (``refresh_code``),
-so the bundle runs the code under test. ``built=False`` is the development mode
-(``--from-source``): handlers imported from the source tree in the gateway's process.
+By default it runs what deploys: the `sam build` output in .aws-sam/build, each function
+in its own python3.12 process with Lambda's environment, the inference routes through
+their Web Adapter script (streamed), the container-image function from its Dockerfile.
+CI builds the bundle once (`bash .ci/serverless.sh`) before the tests; here a missing
+bundle, or one whose layer was built from other requirements, is built first
+(`bash .ci/serverless.sh --build`, about a minute with pip's cache). The project's own
+code in it is then refreshed from the working tree (``refresh_code``, seconds), so the
+bundle runs the code under test. ``built=False`` (or ``FNSTACK_TEST_GATEWAY_BUILT=0``)
+is the development mode (``--from-source``): handlers imported from the source tree in
+the gateway's process.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +30,25 @@ ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
 BUILD_DIR = ROOT / ".aws-sam" / "build"
 
-__all__ = ["BUILD_DIR", "emulated_gateway"]
+__all__ = ["BUILD_DIR", "IMAGE_PREFIX", "emulated_gateway", "ensure_built"]
+
+# The container-image function's routes (template.yaml: InferenceImageFunction): the
+# bundled model's OpenAI API, the ImageApiUrl output.
+IMAGE_PREFIX = "/image"
+
+
+def ensure_built() -> Path:
+    """.aws-sam/build, built when missing or stale, with the working tree's own code."""
+    from fnstack_dev.bundle import layer_stamp, refresh_code
+
+    stamp = BUILD_DIR / ".fnstack-layer-stamp"
+    fresh = (BUILD_DIR / "template.yaml").is_file() and stamp.is_file() \
+        and stamp.read_text() == layer_stamp(ROOT)
+    if not fresh:
+        subprocess.run(["bash", str(ROOT / ".ci" / "serverless.sh"), "--build"], cwd=ROOT,
+                       check=True)
+    refresh_code(ROOT, BUILD_DIR)
+    return BUILD_DIR
 
 
 @contextmanager
@@ -40,19 +63,11 @@ def emulated_gateway(
 
     Function variables go in ``args`` as ``--env NAME=VALUE`` (a built function sees
     nothing of the gateway's own environment, as on Lambda); ``env`` is the gateway's.
-    ``built`` unset: ``$FNSTACK_TEST_GATEWAY_BUILT=1`` chooses the built bundle.
+    ``built`` unset: the built bundle, unless ``$FNSTACK_TEST_GATEWAY_BUILT=0``.
     """
     if built is None:
-        built = os.environ.get("FNSTACK_TEST_GATEWAY_BUILT") == "1"
-    if built:
-        if not (BUILD_DIR / "template.yaml").is_file():
-            raise RuntimeError(f"no built bundle in {BUILD_DIR}: run `bash .ci/serverless.sh`")
-        from fnstack_dev.bundle import refresh_code
-
-        refresh_code(ROOT, BUILD_DIR)
-        mode = ["--build-dir", str(BUILD_DIR)]
-    else:
-        mode = ["--from-source"]
+        built = os.environ.get("FNSTACK_TEST_GATEWAY_BUILT", "1") != "0"
+    mode = ["--build-dir", str(ensure_built())] if built else ["--from-source"]
     base_env = {"FNSTACK_HOME": str(tmp / "home")}
     if not built:
         # In-process functions see the gateway's environment: the torch model is served
