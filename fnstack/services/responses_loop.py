@@ -104,14 +104,24 @@ def validate_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
 
 def public_view(response: dict[str, Any], include: list[str] | None) -> dict[str, Any]:
     """What the client sees of a stored response: fields only shown on request dropped."""
-    wanted = set(include or ())
-    output = []
-    for item in response.get("output") or []:
-        if item.get("type") == "file_search_call" and \
-                "file_search_call.results" not in wanted:
-            item = {**item, "results": None}
-        output.append(item)
+    wanted = frozenset(include or ())
+    output = [shown_item(item, wanted) for item in response.get("output") or []]
     return {**response, "output": output}
+
+
+def shown_item(item: dict[str, Any], wanted: frozenset[str]) -> dict[str, Any]:
+    """An output item as the client sees it, given the ``include`` values asked for."""
+    kind = item.get("type")
+    if kind == "file_search_call" and "file_search_call.results" not in wanted:
+        return {**item, "results": None}
+    if kind == "web_search_call":
+        if "web_search_call.results" not in wanted and "results" in item:
+            item = {k: v for k, v in item.items() if k != "results"}
+        action = item.get("action")
+        if "web_search_call.action.sources" not in wanted and isinstance(action, dict) \
+                and "sources" in action:
+            item = {**item, "action": {k: v for k, v in action.items() if k != "sources"}}
+    return item
 
 
 class _Halt(Exception):
@@ -185,10 +195,7 @@ class Run:
         await self.events.emit(type, **fields)
 
     def _shown(self, item: dict[str, Any]) -> dict[str, Any]:
-        if item.get("type") == "file_search_call" and \
-                "file_search_call.results" not in self.include:
-            return {**item, "results": None}
-        return item
+        return shown_item(item, self.include)
 
     def snapshot(self) -> dict[str, Any]:
         view = {k: v for k, v in self.response.items() if not k.startswith("_")}
