@@ -13,6 +13,7 @@ returns (``{"id", "type": "message", "role", "content": [parts], "status"}``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
@@ -38,6 +39,7 @@ __all__ = [
 # "You may add up to 20 items at a time" (create, and items.create).
 MAX_ITEMS_PER_CALL = 20
 MAX_ITEM_ID = 256
+_ITEM_ID = re.compile(rf"[A-Za-z0-9_.:-]{{1,{MAX_ITEM_ID}}}")
 
 # What `include` may name (OpenAI's ResponseIncludable). Stored items always hold every
 # field, so include changes nothing here; an unknown value is still a 400.
@@ -289,10 +291,10 @@ def normalize_item(item: Any, param: str, new_id: Callable[[str], str]) -> dict[
         raise ItemError(f"unknown item type {kind!r}; use one of: "
                         f"{', '.join(sorted(ITEM_ID_PREFIXES))}", f"{param}.type")
     item_id = item.get("id")
-    if item_id is not None and (not isinstance(item_id, str) or not 1 <= len(item_id)
-                                <= MAX_ITEM_ID or not item_id.isascii()
-                                or not item_id.isprintable()):
-        raise ItemError(f"an item id must be 1-{MAX_ITEM_ID} printable ASCII characters",
+    if item_id is not None and (not isinstance(item_id, str)
+                                or not _ITEM_ID.fullmatch(item_id)):
+        # Ids go into URL paths (GET .../items/{item_id}): no "/", "?", "#" or spaces.
+        raise ItemError(f"an item id is 1-{MAX_ITEM_ID} of A-Z a-z 0-9 _ - . :",
                         f"{param}.id")
     out = {k: v for k, v in item.items() if v is not None}
     out["type"] = kind
