@@ -287,7 +287,8 @@ class ResponsesService(Service):
 
     async def get(self, rid: str, user: Owner, include: list[str] | None = None) -> Response:
         value = (await self._get(rid, user)).value["response"]
-        return _view(value, include)
+        # What the create request included is not retrieval's default: ask again.
+        return _view(value, include or [])
 
     async def stream_stored(self, rid: str, user: Owner, starting_after: int | None
                             ) -> AsyncIterator[dict[str, Any]]:
