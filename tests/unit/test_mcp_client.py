@@ -128,3 +128,25 @@ async def test_credentials_never_in_messages() -> None:
 async def test_timeout_must_be_positive(server: McpTestServer) -> None:
     with pytest.raises(ValueError, match="timeout"):
         await list_tools(server.url, None, timeout=0)
+
+
+def test_mcp_tool_allow_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fnstack.errors import InvalidRequestError
+    from fnstack.services.responses_mcp import McpTool, mcp_settings
+
+    tool = McpTool()
+    definition = {"type": "mcp", "server_label": "docs",
+                  "server_url": "https://mcp.example.com/mcp"}
+    monkeypatch.delenv("FNSTACK_MCP_ALLOWED_URLS", raising=False)
+    assert tool.validate(definition, "tools[0]")["require_approval"] == "always"
+    monkeypatch.setenv("FNSTACK_MCP_ALLOWED_URLS",
+                       "https://mcp.example.com/, http://10.0.0.5:8000/")
+    tool.validate(definition, "tools[0]")
+    with pytest.raises(InvalidRequestError) as info:
+        tool.validate({**definition, "server_url": "http://169.254.169.254/mcp"}, "tools[0]")
+    assert info.value.param == "tools[0].server_url"
+    assert info.value.code == "mcp_server_not_allowed"
+    monkeypatch.setenv("FNSTACK_MCP_TIMEOUT_S", "2.5")
+    assert mcp_settings()[0] == 2.5
+    monkeypatch.setenv("FNSTACK_MCP_TIMEOUT_S", "junk")
+    assert mcp_settings()[0] == 30.0

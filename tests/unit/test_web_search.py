@@ -180,3 +180,22 @@ async def test_service(fake: FakeSearch) -> None:
         await p.shutdown()
     with pytest.raises(InvalidRequestError, match="tool_runtime provider"):
         await ToolRuntimeService({}).web_search("Lyon", 5, user)
+
+
+async def test_web_search_tool_refused_without_a_provider() -> None:
+    from fnstack.services.responses_web import WebSearch
+
+    tool = WebSearch()
+    definition = tool.validate({"type": "web_search"}, "tools[0]")
+    assert definition["search_context_size"] == "medium"
+    with pytest.raises(InvalidRequestError) as info:
+        await tool.check(definition, "tools[0]", Owner(), lambda name: None)
+    assert info.value.param == "tools[0].type"
+    assert info.value.code == "web_search_not_configured"
+    assert "FNSTACK_TAVILY_API_KEY" in info.value.message
+    assert "tool_runtime provider" in info.value.message
+    # A tool runtime with no search provider is the same as none.
+    with pytest.raises(InvalidRequestError):
+        await tool.check(definition, "tools[0]", Owner(), lambda name: ToolRuntimeService({}))
+    configured = ToolRuntimeService({"tavily": object()})  # type: ignore[dict-item]
+    await tool.check(definition, "tools[0]", Owner(), lambda name: configured)
