@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict
 
 __all__ = [
-    "MAX_PROMPT_CHARS",
+    "MAX_PROMPT_BYTES",
     "MAX_VARIABLES",
     "VARIABLE_NAME",
     "CreatePromptRequest",
@@ -32,7 +32,7 @@ __all__ = [
     "render_text",
 ]
 
-MAX_PROMPT_CHARS = 100_000
+MAX_PROMPT_BYTES = 100_000
 MAX_VARIABLES = 100
 VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 # {{ name }}: spaces inside the braces are allowed; anything else between them is an

@@ -29,6 +29,7 @@ are never reused).
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any, Literal
 
@@ -45,7 +46,7 @@ from fnstack.api.conversations import (
     UpdateConversationRequest,
     normalize_item,
 )
-from fnstack.errors import InvalidRequestError, NotFoundError
+from fnstack.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
 from fnstack.records import RecordStore, authorize, check_storable, new_id
 from fnstack.services import Service, ServiceContext, ServiceSpec, StoreNeed
 from fnstack.spec import Api
@@ -61,6 +62,7 @@ MAX_LIST = 100
 # unreachable already); well inside an API Gateway request's 29 s.
 PURGE_BUDGET_S = 10.0
 _WRITE_CHUNK = 100
+MAX_ITEM_BYTES = 350_000
 
 
 def _item_key(cid: str, seq: int) -> str:
@@ -244,6 +246,13 @@ class ConversationsService(Service):
                 raise InvalidRequestError(str(exc), param=exc.param,
                                           code="invalid_value") from None
             check_storable(value, f"{param}[{i}]")
+            size = len(json.dumps(value, ensure_ascii=False).encode())
+            if size > MAX_ITEM_BYTES:
+                # Checked before anything is written: an append is all or nothing.
+                raise PayloadTooLargeError(
+                    f"item {i} is {size} bytes of JSON; an item holds at most "
+                    f"{MAX_ITEM_BYTES} (one DynamoDB item): send large files as input_file "
+                    "with a file_id", param=f"{param}[{i}]")
             if value["id"] in seen:
                 raise InvalidRequestError(f"item id {value['id']!r} appears twice",
                                           param=f"{param}[{i}].id")

@@ -30,7 +30,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from fnstack.api.prompts import (
-    MAX_PROMPT_CHARS,
+    MAX_PROMPT_BYTES,
     MAX_VARIABLES,
     VARIABLE_NAME,
     CreatePromptRequest,
@@ -72,10 +72,13 @@ def check_template(text: str, variables: list[str] | None) -> list[str]:
     """The declared variables, checked against ``text``; 400 naming what is wrong."""
     if not text.strip():
         raise InvalidRequestError("prompt must not be empty", param="prompt")
-    if len(text) > MAX_PROMPT_CHARS:
-        raise InvalidRequestError(f"prompt is {len(text)} characters; at most "
-                                  f"{MAX_PROMPT_CHARS}", param="prompt")
     check_storable(text, "prompt")
+    # Counted in UTF-8 bytes: a version and the head's copy of it must each fit one
+    # DynamoDB item (400 KB).
+    size = len(text.encode())
+    if size > MAX_PROMPT_BYTES:
+        raise InvalidRequestError(f"prompt is {size} bytes of UTF-8; at most "
+                                  f"{MAX_PROMPT_BYTES}", param="prompt")
     declared = list(variables or [])
     if len(declared) > MAX_VARIABLES:
         raise InvalidRequestError(f"at most {MAX_VARIABLES} variables", param="variables")

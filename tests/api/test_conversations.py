@@ -171,6 +171,12 @@ def test_bad_items_are_400_naming_the_field(client: openai.OpenAI, http: httpx.C
     assert r.status_code == 400 and r.json()["error"]["param"] == "items"
     r = http.post("/v1/conversations", json={"items": many})
     assert r.status_code == 400 and r.json()["error"]["param"] == "items"
+    # An item must fit one DynamoDB item: 413 before anything is written.
+    big = {"role": "user", "content": "x" * 400_000}
+    r = http.post(f"/v1/conversations/{conv.id}/items",
+                  json={"items": [{"role": "user", "content": "small"}, big]})
+    assert r.status_code == 413 and r.json()["error"]["param"] == "items[1]", r.text
+    assert client.conversations.items.list(conv.id).data == []
     # Bad listing parameters.
     for query, param in (("limit=0", "limit"), ("limit=101", "limit"),
                          ("after=msg_unknown", "after"), ("include=bogus", "include[0]")):

@@ -135,6 +135,7 @@ def test_variable_rules(http: httpx.Client) -> None:
         ({"prompt": "   ", "variables": []}, "prompt"),
         ({"variables": []}, "prompt"),
         ({"prompt": "Hi", "variables": "name"}, "variables"),
+        ({"prompt": "é" * 50_001, "variables": []}, "prompt"),  # 100,002 bytes of UTF-8
     ]
     for body, param in cases:
         r = http.post("/v1/prompts", json=body)
