@@ -140,7 +140,10 @@ def api(
                              "FNSTACK_VLLM_BASE_URL": scripted_llm.base_url,
                              "FNSTACK_TAVILY_API_KEY": TAVILY_KEY,
                              "FNSTACK_TAVILY_BASE_URL": fake_search.base_url,
-                             "FNSTACK_MCP_TIMEOUT_S": str(TOOLS_TIMEOUT_S)})
+                             "FNSTACK_MCP_TIMEOUT_S": str(TOOLS_TIMEOUT_S),
+                             # The test MCP servers are on loopback, which the functions
+                             # of the emulated gateway (Lambda) refuse unless allowed.
+                             "FNSTACK_MCP_ALLOWED_URLS": "http://127.0.0.1:"})
     # No request of the suite may end in a 500: bad input and upstream faults each have
     # their own status. The access log (JSON lines) says how every request ended.
     errors = [line for log in tmp.glob("*.log") for line in log.read_text().splitlines()
