@@ -34,11 +34,13 @@ One response run (see fnstack.services.responses_tools for the plug-in points):
 Limits and security (docs/tools.md): every MCP request is bounded by
 ``FNSTACK_MCP_TIMEOUT_S`` (default 30 s) - connect, handshake and answer together. The
 server fetches ``server_url`` itself, so ``FNSTACK_MCP_ALLOWED_URLS`` (comma-separated URL
-prefixes) restricts where it may go; unset, any http(s) URL is allowed.
+prefixes) restricts where it may go; unset, any http(s) URL is allowed except literal
+link-local addresses (cloud metadata) and, on Lambda, loopback (the Runtime API).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -70,6 +72,29 @@ def mcp_settings() -> tuple[float, tuple[str, ...]]:
     allowed = tuple(p.strip() for p in os.environ.get("FNSTACK_MCP_ALLOWED_URLS", "").split(",")
                     if p.strip())
     return (timeout if timeout > 0 else DEFAULT_TIMEOUT_S), allowed
+
+
+def _blocked(host: str) -> str | None:
+    """Why a host must not be called without an explicit allow-list, or None.
+
+    Link-local addresses hold cloud metadata services (169.254.169.254: instance
+    credentials). On Lambda, loopback is the Runtime API (127.0.0.1:9001) and the Web
+    Adapter's app: a request there could fetch or answer other invocations. Only literal
+    addresses and ``localhost`` are checked here: a name that resolves to one is the
+    allow-list's job (docs/tools.md)."""
+    host = host.strip("[]").lower()
+    on_lambda = bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
+    if host == "localhost" or host.endswith(".localhost"):
+        return "this machine (loopback)" if on_lambda else None
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if ip.is_link_local:
+        return "a link-local address (cloud metadata)"
+    if (ip.is_loopback or ip.is_unspecified) and on_lambda:
+        return "this machine (loopback)"
+    return None
 
 
 def function_name(server_label: str, tool: str) -> str:
@@ -215,6 +240,12 @@ class McpTool:
                 f"{param}.server_url is not among the MCP servers this deployment may reach "
                 "(FNSTACK_MCP_ALLOWED_URLS)", param=f"{param}.server_url",
                 code="mcp_server_not_allowed")
+        blocked = None if allowed else _blocked(parts.hostname)
+        if blocked:
+            raise InvalidRequestError(
+                f"{param}.server_url points at {blocked}, which this server does not call on "
+                "a caller's behalf unless FNSTACK_MCP_ALLOWED_URLS lists it",
+                param=f"{param}.server_url", code="mcp_server_not_allowed")
         out = d.model_dump(exclude_none=True)
         out["require_approval"] = out.get("require_approval") or "always"
         return out

@@ -150,3 +150,34 @@ def test_mcp_tool_allow_list(monkeypatch: pytest.MonkeyPatch) -> None:
     assert mcp_settings()[0] == 2.5
     monkeypatch.setenv("FNSTACK_MCP_TIMEOUT_S", "junk")
     assert mcp_settings()[0] == 30.0
+
+
+@pytest.mark.parametrize(("url", "on_lambda", "refused"), [
+    ("http://169.254.169.254/latest/meta-data", False, True),
+    ("http://[fe80::1]/mcp", False, True),
+    ("http://127.0.0.1:9001/2018-06-01/runtime/invocation/next", True, True),
+    ("http://localhost:8080/mcp", True, True),
+    ("http://127.0.0.1:8000/mcp", False, False),  # a laptop's own MCP server
+    ("https://mcp.example.com/mcp", True, False),
+])
+def test_mcp_tool_refuses_metadata_and_lambda_loopback(
+        monkeypatch: pytest.MonkeyPatch, url: str, on_lambda: bool, refused: bool) -> None:
+    from fnstack.errors import InvalidRequestError
+    from fnstack.services.responses_mcp import McpTool
+
+    monkeypatch.delenv("FNSTACK_MCP_ALLOWED_URLS", raising=False)
+    if on_lambda:
+        monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "fnstack-inference")
+    else:
+        monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME", raising=False)
+    definition = {"type": "mcp", "server_label": "x", "server_url": url}
+    if refused:
+        with pytest.raises(InvalidRequestError) as info:
+            McpTool().validate(definition, "tools[0]")
+        assert info.value.code == "mcp_server_not_allowed"
+        assert "FNSTACK_MCP_ALLOWED_URLS" in info.value.message
+    else:
+        McpTool().validate(definition, "tools[0]")
+    # An explicit allow-list decides alone.
+    monkeypatch.setenv("FNSTACK_MCP_ALLOWED_URLS", url)
+    McpTool().validate(definition, "tools[0]")
