@@ -238,8 +238,8 @@ def test_unknown_model_is_404(http: httpx.Client) -> None:
     assert r.status_code == 404, r.text
 
 
-@pytest.fixture(scope="module")
-def stranger(api: LiveApi) -> Iterator[openai.OpenAI]:
+def new_principal(api: LiveApi) -> Iterator[openai.OpenAI]:
+    """An SDK client of a fresh ordinary principal (a key the admin creates)."""
     with httpx.Client(base_url=api.base_url.removesuffix("/v1"), timeout=60,
                       headers=api.headers) as admin:
         created = admin.post("/v1/keys", json={"name": f"eve-{uuid.uuid4().hex[:6]}",
@@ -247,6 +247,11 @@ def stranger(api: LiveApi) -> Iterator[openai.OpenAI]:
         assert created.status_code == 200, created.text
         yield openai.OpenAI(base_url=api.base_url, api_key=created.json()["value"],
                             max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def stranger(api: LiveApi) -> Iterator[openai.OpenAI]:
+    yield from new_principal(api)
 
 
 def test_another_principals_response_is_404(client: openai.OpenAI,

@@ -9,16 +9,23 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from tests.api.test_responses import stranger  # noqa: F401 - the fixture
+from tests.api.conftest import LiveApi
+from tests.api.test_responses import new_principal
 from tests.support.scripted_llm import MODEL as SCRIPTED
 
 DONE = ("completed", "failed", "incomplete", "cancelled")
+
+
+@pytest.fixture(scope="module")
+def stranger(api: LiveApi) -> Iterator[openai.OpenAI]:
+    yield from new_principal(api)
 
 
 def _wait(client: openai.OpenAI, rid: str, until: tuple[str, ...] = DONE,
