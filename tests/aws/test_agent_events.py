@@ -30,6 +30,20 @@ CASES = [
     ("ConversationsFunction", "api-conversations-get-missing.json", 404, {"error": {
         "message": "conversation 'conv_unknown' not found", "type": "invalid_request_error",
         "param": "conversation_id", "code": "not_found"}}),
+    ("PromptsFunction", "api-prompts-create.json", 200,
+     {"version": 1, "is_default": True, "variables": ["text", "lang"]}),
+    ("PromptsFunction", "api-prompts-list.json", 200, {"data": []}),
+    # The Responses API runs in InferenceFunction (streams through the Web Adapter).
+    ("InferenceFunction", "api-responses-get-missing.json", 404, {"error": {
+        "message": "response 'resp_unknown' not found", "type": "invalid_request_error",
+        "param": "response_id", "code": "not_found"}}),
+    # The zip functions ship no chat model: with no LLM provider configured
+    # (FNSTACK_OPENAI_BASE_URL, Bedrock...) the sample's model is not found.
+    ("InferenceFunction", "api-responses-create.json", 404, {"error": {
+        "message": "model 'SmolLM2-135M-Instruct' not found; list the available models with "
+                   "GET /v1/models (`client.models.list()`), or register one with POST "
+                   "/v1/models", "type": "invalid_request_error", "param": "model",
+        "code": "model_not_found"}}),
 ]
 
 

@@ -22,12 +22,13 @@ from tests.support import aws as aws_support
 FUNCTION_APIS = {
     "AdminFunction": [Api.providers, Api.inspect, Api.keys],
     "ModelsFunction": [Api.models],
-    "InferenceFunction": [Api.inference],
+    "InferenceFunction": [Api.inference, Api.responses],
     "FilesFunction": [Api.files],
     "VectorStoresFunction": [Api.vector_io],
     "SafetyFunction": [Api.safety],
     "BatchesFunction": [Api.batches],
     "ConversationsFunction": [Api.conversations],
+    "PromptsFunction": [Api.prompts],
 }
 CORE_ROUTES_FUNCTION = "AdminFunction"  # /v1/health and /v1/version live in every app
 CATCH_ALL = "/{proxy+}"
@@ -222,7 +223,8 @@ def _function(cfn: dict[str, Any], name: str) -> tuple[dict[str, Any], str]:
 
 
 HTTP_FUNCTIONS = ("AdminFunction", "ModelsFunction", "InferenceFunction", "FilesFunction",
-                  "VectorStoresFunction", "BatchesFunction", "ConversationsFunction")
+                  "VectorStoresFunction", "BatchesFunction", "ConversationsFunction",
+                  "PromptsFunction")
 
 
 def test_streaming_routes_may_stream_for_fifteen_minutes() -> None:
