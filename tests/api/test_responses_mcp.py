@@ -258,6 +258,9 @@ def test_headers_reach_the_server(client: openai.OpenAI, mcp_server: McpTestServ
       "allowed_tools": "add"}, "tools[0].allowed_tools"),
     ({"type": "mcp", "server_label": "demo", "server_url": "http://x/mcp",
       "headers": {"X-Count": 3}}, "tools[0].headers"),
+    # Outside FNSTACK_MCP_ALLOWED_URLS (conftest allows http://127.0.0.1: only).
+    ({"type": "mcp", "server_label": "demo", "server_url": "http://localhost:9/mcp"},
+     "tools[0].server_url"),
 ])
 def test_bad_definitions_are_400(client: openai.OpenAI, tool: dict[str, Any],
                                  param: str) -> None:
