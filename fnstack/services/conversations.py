@@ -262,7 +262,10 @@ class ConversationsService(Service):
 
     async def _write(self, cid: str, items: list[dict[str, Any]], owner: Owner, *,
                      duplicates: Literal["refuse", "skip"]) -> None:
-        ptrs = await asyncio.gather(*(self.kv.get(_ptr_key(cid, it["id"])) for it in items))
+        ptrs: list[KVRecord | None] = []
+        for start in range(0, len(items), _WRITE_CHUNK):  # bounded concurrency
+            ptrs.extend(await asyncio.gather(*(self.kv.get(_ptr_key(cid, it["id"]))
+                                               for it in items[start:start + _WRITE_CHUNK])))
         taken = {p.key for p in ptrs if p is not None and not p.value.get("deleted")}
         if taken and duplicates == "refuse":
             i = next(i for i, it in enumerate(items) if _ptr_key(cid, it["id"]) in taken)
