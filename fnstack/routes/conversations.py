@@ -27,9 +27,11 @@ async def _svc(request: Request) -> ConversationsService:
 
 
 def _include(request: Request) -> None:
-    # The openai SDK sends arrays as `include[]=a&include[]=b`; curl users write `include=a`.
+    # The openai SDK sends arrays as `include[]=a&include[]=b`, llama-stack-client as
+    # `include=a,b`, curl users `include=a&include=b`.
     q = request.query_params
-    check_include([*q.getlist("include"), *q.getlist("include[]")])
+    check_include([v for raw in (*q.getlist("include"), *q.getlist("include[]"))
+                   for v in raw.split(",")])
 
 
 @router.post("/v1/conversations", response_model=Conversation)

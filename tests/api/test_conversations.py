@@ -8,8 +8,11 @@ another principal's conversation (and its items) is a 404 for every operation.
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -275,3 +278,38 @@ def test_openai_agents_session_runs_unchanged(api: LiveApi) -> None:
         await client.close()
 
     asyncio.run(scenario())
+
+
+# llama-stack-client (Python 3.12, .venv-lsc; see test_llama_stack_client.py) on the same
+# routes: it sends arrays comma-separated (include=a,b).
+LSC_SCRIPT = r"""
+import json, sys
+from llama_stack_client import LlamaStackClient
+c = LlamaStackClient(base_url=sys.argv[1], api_key=sys.argv[2], max_retries=0)
+conv = c.conversations.create(items=[{"type": "message", "role": "user", "content": "hi"}],
+                              metadata={"k": "v"})
+c.conversations.items.create(conv.id, items=[
+    {"type": "message", "role": "assistant", "content": "hello"}])
+listed = c.conversations.items.list(conv.id, order="asc",
+    include=["file_search_call.results", "message.input_image.image_url"])
+ids = [i.id for i in listed.data]
+got = c.conversations.items.get(ids[0], conversation_id=conv.id)
+c.conversations.items.delete(ids[0], conversation_id=conv.id)
+updated = c.conversations.update(conv.id, metadata={"k": "w"})
+left = [i.id for i in c.conversations.items.list(conv.id).data]
+deleted = c.conversations.delete(conv.id)
+print(json.dumps({"id": conv.id, "ids": ids, "got": got.id, "left": left,
+                  "metadata": updated.metadata, "deleted": deleted.deleted}))
+"""
+
+
+def test_llama_stack_client_conversations(api: LiveApi) -> None:
+    python = Path(__file__).resolve().parents[2] / ".venv-lsc" / "bin" / "python"
+    assert python.exists(), f"{python} is missing: run scripts/setup.sh --tests"
+    done = subprocess.run([str(python), "-c", LSC_SCRIPT, api.base_url.removesuffix("/v1"),
+                           api.key], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["id"].startswith("conv_") and len(out["ids"]) == 2
+    assert out["got"] == out["ids"][0] and out["left"] == [out["ids"][1]]
+    assert out["metadata"] == {"k": "w"} and out["deleted"] is True
