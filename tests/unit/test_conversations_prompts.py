@@ -6,6 +6,7 @@ all_items / append_items` and `PromptsService.render`, on SQLite.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -131,3 +132,16 @@ async def test_render(stack: Stack) -> None:
         with pytest.raises(NotFoundError) as nf:
             await svc.render(pid, None, {"name": "x", "city": "y"}, user)
         assert nf.value.param == "prompt.id"
+
+
+async def test_concurrent_appends_keep_each_batch_whole(stack: Stack) -> None:
+    svc: ConversationsService = await stack.service("conversations")
+    conv = await svc.create(CreateConversationRequest(), ALICE)
+    await asyncio.gather(*(svc.append_items(conv.id, [
+        {"role": "user", "content": f"{b}:{i}"} for i in range(10)], ALICE) for b in range(10)))
+    texts = [i["content"][0]["text"] for i in await svc.all_items(conv.id, ALICE)]
+    assert len(texts) == 100 and len(set(texts)) == 100
+    for start in range(0, 100, 10):
+        batch = {t.split(":")[0] for t in texts[start:start + 10]}
+        assert len(batch) == 1, texts[start:start + 10]
+        assert [t.split(":")[1] for t in texts[start:start + 10]] == [str(i) for i in range(10)]
