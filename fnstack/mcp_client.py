@@ -16,6 +16,7 @@ a function that never reaches an MCP server never pays for importing it.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import math
 from collections.abc import AsyncIterator
@@ -147,6 +148,9 @@ async def _session(server_url: str, headers: dict[str, str] | None,
 
     if not (seconds > 0 and math.isfinite(seconds)):
         raise ValueError(f"timeout must be a positive number of seconds, got {seconds}")
+    # Imported before the deadline starts: a cold import of the SDK takes seconds on a
+    # loaded machine (a Lambda cold start), time the server is not to blame for.
+    _load_sdk()
     where = _redacted(server_url)
     seen = _Exchange()
     try:
@@ -160,6 +164,15 @@ async def _session(server_url: str, headers: dict[str, str] | None,
                        code="mcp_timeout", http_status=504) from exc
     except Exception as exc:
         raise _translate(exc, where, seen.error_status) from exc
+
+
+_SDK_MODULES = ("httpx2", "mcp.client", "mcp.client.sse", "mcp.client.streamable_http",
+                "mcp.shared._httpx_utils", "mcp.shared.exceptions")
+
+
+def _load_sdk() -> None:
+    for name in _SDK_MODULES:
+        importlib.import_module(name)
 
 
 @contextlib.asynccontextmanager
