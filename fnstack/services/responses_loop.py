@@ -106,7 +106,14 @@ def public_view(response: dict[str, Any], include: list[str] | None) -> dict[str
     """What the client sees of a stored response: fields only shown on request dropped."""
     wanted = frozenset(include or ())
     output = [shown_item(item, wanted) for item in response.get("output") or []]
-    return {**response, "output": output}
+    view = {**response, "output": output}
+    if response.get("tools"):
+        # An mcp tool's headers and authorization are credentials for its server: kept
+        # with the record for the loop (a background run resumes from it), never shown,
+        # as OpenAI does not echo them either.
+        view["tools"] = [{k: v for k, v in t.items() if k not in ("headers", "authorization")}
+                         if t.get("type") == "mcp" else t for t in response["tools"]]
+    return view
 
 
 def shown_item(item: dict[str, Any], wanted: frozenset[str]) -> dict[str, Any]:
