@@ -232,11 +232,20 @@ def test_headers_reach_the_server(client: openai.OpenAI, mcp_server: McpTestServ
         tools=[mcp(mcp_server.secure_url, require_approval="never",
                    headers={"Authorization": f"Bearer {TOKEN}"})])
     assert of_type(r, "mcp_call")[0].output == "authorized"
+    # Credentials for the MCP server are never echoed (created, retrieved, streamed).
+    assert r.tools[0].headers is None and TOKEN not in r.model_dump_json()
+    assert TOKEN not in client.responses.retrieve(r.id).model_dump_json()
     # OpenAI's `authorization` field is the same bearer token.
     r = client.responses.create(
         model=SCRIPTED, input=call("echo", text="oauth"),
         tools=[mcp(mcp_server.secure_url, require_approval="never", authorization=TOKEN)])
     assert of_type(r, "mcp_call")[0].output == "oauth"
+    assert r.tools[0].authorization is None and TOKEN not in r.model_dump_json()
+    events = list(client.responses.create(
+        model=SCRIPTED, input=call("echo", text="streamed"), stream=True,
+        tools=[mcp(mcp_server.secure_url, require_approval="never", authorization=TOKEN)]))
+    assert events[-1].type == "response.completed"
+    assert not [e for e in events if TOKEN in e.model_dump_json()]
     with pytest.raises(openai.APIStatusError) as info:
         client.responses.create(model=SCRIPTED, input="hi",
                                 tools=[mcp(mcp_server.secure_url, require_approval="never")])
