@@ -47,10 +47,22 @@ class LiveApi:
     mode: str
     base_url: str
     key: str = ADMIN_KEY
+    # Where the bundled model (provider ``reference``, torch) answers. Deployed, it lives
+    # in the container-image function under /image/v1 of the same API (the ImageApiUrl
+    # output): the zip functions behind /v1 carry no torch. Locally: ``base_url``.
+    reference_url: str = ""
 
     @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key}"}
+
+    def url_for(self, request: pytest.FixtureRequest) -> str:
+        """The base URL serving the test's models: a test of the bundled model (it uses
+        the ``reference`` fixture, or a parameter naming it) talks to its function."""
+        params = getattr(request.node, "callspec", None)
+        on_reference = "reference" in request.fixturenames or (
+            params is not None and "reference" in params.params.values())
+        return self.reference_url if on_reference and self.reference_url else self.base_url
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -90,14 +102,17 @@ def _local(tmp: Path, upstream: dict[str, str]) -> Iterator[LiveApi]:
 
 
 def _gateway(tmp: Path, upstream: dict[str, str]) -> Iterator[LiveApi]:
-    from tests.support.gateway import emulated_gateway
+    from tests.support.gateway import IMAGE_PREFIX, emulated_gateway
 
     # The template sets FNSTACK_OPENAI_BASE_URL on every function (from a parameter):
     # only the gateway's --env overrides what a function sees.
     overrides = [arg for name, value in {**AUTH_ENV, **upstream}.items()
                  for arg in ("--env", f"{name}={value}")]
     with emulated_gateway(tmp, args=overrides) as base_url:
-        yield LiveApi("gateway", base_url)
+        # The development mode (FNSTACK_TEST_GATEWAY_BUILT=0) serves it under /v1 too.
+        image = base_url.removesuffix("/v1") + IMAGE_PREFIX + "/v1"
+        reachable = httpx.get(f"{image}/health", timeout=120).status_code == 200
+        yield LiveApi("gateway", base_url, reference_url=image if reachable else "")
 
 
 @pytest.fixture(scope="session")
@@ -152,12 +167,13 @@ def api(
 
 
 @pytest.fixture
-def client(api: LiveApi) -> openai.OpenAI:
-    return openai.OpenAI(base_url=api.base_url, api_key=api.key, max_retries=0, timeout=120)
+def client(api: LiveApi, request: pytest.FixtureRequest) -> openai.OpenAI:
+    return openai.OpenAI(base_url=api.url_for(request), api_key=api.key, max_retries=0,
+                         timeout=120)
 
 
 @pytest.fixture
-def http(api: LiveApi) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=api.base_url.removesuffix("/v1"), timeout=120,
+def http(api: LiveApi, request: pytest.FixtureRequest) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=api.url_for(request).removesuffix("/v1"), timeout=120,
                       headers=api.headers) as c:
         yield c

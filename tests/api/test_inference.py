@@ -50,12 +50,14 @@ _MODELS: dict[str, dict[str, str]] = {}
 
 
 def models_of(api: LiveApi) -> dict[str, str]:
-    """Public model ids by provider id (reference, onnx, openai), listed once per server."""
+    """Public model ids by provider id (reference, onnx, openai), listed once per server
+    (the bundled model where it answers: its own function when deployed)."""
     if api.base_url not in _MODELS:
-        listed = openai.OpenAI(base_url=api.base_url, api_key=api.key).models.list()
-        _MODELS[api.base_url] = {
-            str(getattr(m, "provider_id", "")): m.id for m in listed if m.id
-        }
+        found: dict[str, str] = {}
+        for url in dict.fromkeys([api.base_url, api.reference_url or api.base_url]):
+            listed = openai.OpenAI(base_url=url, api_key=api.key).models.list()
+            found.update({str(getattr(m, "provider_id", "")): m.id for m in listed if m.id})
+        _MODELS[api.base_url] = found
     return _MODELS[api.base_url]
 
 
@@ -317,6 +319,33 @@ def test_chat_stream_without_usage(client: openai.OpenAI, llm: str) -> None:
     assert "".join(c.choices[0].delta.content or "" for c in chunks)
 
 
+def test_chat_stream_first_token_arrives_long_before_the_end(
+    client: openai.OpenAI, llm: str
+) -> None:
+    # Streamed, not buffered: deployed, the chunks cross the Web Adapter and API Gateway's
+    # response streaming as they are generated. The first text must arrive well before
+    # the end of a generation of many chunks (greedy counting rarely stops early);
+    # buffered, every chunk would arrive at the end. A cold start (the Web Adapter's
+    # server starting, ~20 s here) is not what is timed: a first request warms it.
+    client.chat.completions.create(model=llm, messages=HI, max_tokens=1)  # type: ignore[arg-type]
+    start = time.monotonic()
+    first_at = None
+    texts = 0
+    for chunk in client.chat.completions.create(
+        model=llm, messages=[{"role": "user", "content": "Count from 1 to 100, one per line."}],
+        max_tokens=96, temperature=0, stream=True,  # type: ignore[arg-type]
+    ):
+        if chunk.choices and chunk.choices[0].delta.content:
+            texts += 1
+            if first_at is None:
+                first_at = time.monotonic() - start
+    total = time.monotonic() - start
+    assert texts >= 24, f"only {texts} text chunks: too short a generation to time"
+    assert first_at is not None
+    assert total - first_at > max(0.5, total / 5), (
+        f"first text after {first_at:.2f}s of {total:.2f}s: the stream came buffered")
+
+
 @pytest.mark.parametrize(
     ("case", "fields"),
     [
@@ -570,7 +599,7 @@ def test_unknown_model(client: openai.OpenAI) -> None:
     assert err["param"] == "model"
 
 
-def test_wrong_model_type(client: openai.OpenAI, reference: str, embedder: str) -> None:
+def test_wrong_model_type(client: openai.OpenAI, llamacpp_model: str, embedder: str) -> None:
     exc = status_error(lambda: client.chat.completions.create(
         model=embedder, messages=HI  # type: ignore[arg-type]
     ))
@@ -578,10 +607,10 @@ def test_wrong_model_type(client: openai.OpenAI, reference: str, embedder: str) 
     err = error_body(exc)
     assert embedder in err["message"] and "embedding model" in err["message"]
     assert err["param"] == "model"
-    exc = status_error(lambda: client.embeddings.create(model=reference, input="x"))
+    exc = status_error(lambda: client.embeddings.create(model=llamacpp_model, input="x"))
     assert exc.status_code == 400
     err = error_body(exc)
-    assert reference in err["message"] and "llm model" in err["message"]
+    assert llamacpp_model in err["message"] and "llm model" in err["message"]
     exc = status_error(lambda: client.completions.create(model=embedder, prompt="x"))
     assert exc.status_code == 400
 
@@ -658,16 +687,15 @@ def test_client_closing_a_stream_frees_the_engine(
     # Fill every batch slot of the engine (8 by default) with long generations, read two
     # chunks of each and hang up. Were the slots kept, the next request would queue
     # behind ~8000 tokens of generation; freed, it is answered in well under a second.
-    # Through the emulated gateway a stream arrives buffered, whole, one invocation at a
-    # time (as from one Lambda instance): hanging up there only shows the server goes on.
-    buffered = api.mode == "gateway"
+    # Deployed, each stream holds a function instance (one invocation at a time) and the
+    # gateway runs 4 of them (`fnstack gateway --concurrency`, as a reserved concurrency):
+    # the follow-up finds one only if the hang-ups ended the invocations.
     streams = [
         client.chat.completions.create(
             model=reference, messages=[{"role": "user", "content": "Write a long essay."}],
-            max_tokens=16 if buffered else 1000, stream=True,  # type: ignore[arg-type]
-            temperature=1.0,
+            max_tokens=1000, stream=True, temperature=1.0,  # type: ignore[arg-type]
         )
-        for _ in range(1 if buffered else 8)
+        for _ in range(4 if api.mode == "gateway" else 8)
     ]
     for stream in streams:
         for n, _ in enumerate(stream):
