@@ -288,3 +288,29 @@ def test_unknown_approval_request_is_400(client: openai.OpenAI,
             input=[{"type": "mcp_approval_response", "approval_request_id": "mcpr_nope",
                     "approve": True}])
     assert "mcpr_nope" in info.value.body["message"]
+
+
+def test_openai_agents_hosted_mcp_tool(api: Any, mcp_server: McpTestServer) -> None:
+    """The openai-agents SDK's HostedMCPTool, approvals answered by its callback, unchanged."""
+    import asyncio
+
+    from agents import Agent, HostedMCPTool, OpenAIResponsesModel, Runner, set_tracing_disabled
+
+    set_tracing_disabled(True)
+    asked: list[str] = []
+
+    def approve(request: Any) -> Any:
+        asked.append(request.data.name)
+        return {"approve": True}
+
+    client = openai.AsyncOpenAI(base_url=api.base_url, api_key=api.key, max_retries=0,
+                                timeout=120)
+    agent = Agent(name="calc", instructions="Use the calculator.",
+                  model=OpenAIResponsesModel(model=SCRIPTED, openai_client=client),
+                  tools=[HostedMCPTool(tool_config={"type": "mcp", "server_label": "demo",
+                                                    "server_url": mcp_server.url,
+                                                    "require_approval": "always"},
+                                       on_approval_request=approve)])
+    result = asyncio.run(Runner.run(agent, call("add", a=20, b=22)))
+    assert asked == ["add"]
+    assert result.final_output == "RESULT: 42"
