@@ -61,6 +61,7 @@ from fnstack.errors import (
 )
 from fnstack.redact import scrub_url
 from fnstack.spec import Api, ProviderContext, ProviderModel, ProviderSpec
+from providers.inference._http import transport_for
 from providers.inference._sse import QUOTE, SSEEvents, error_fields, finishes, parse_chunk
 
 __all__ = ["OpenAICompatConfig", "OpenAICompatProvider", "spec"]
@@ -478,14 +479,18 @@ async def _create(config: OpenAICompatConfig, context: ProviderContext) -> OpenA
     headers = {"User-Agent": "fnstack", **config.headers}
     if config.api_key is not None and config.api_key.get_secret_value():
         headers["Authorization"] = f"Bearer {config.api_key.get_secret_value()}"
+    limits = httpx.Limits(
+        max_connections=config.max_connections,
+        max_keepalive_connections=config.max_connections,
+    )
     client = httpx.AsyncClient(
         base_url=config.base_url + "/",
         headers=headers,
         timeout=httpx.Timeout(config.timeout, connect=config.connect_timeout),
-        limits=httpx.Limits(
-            max_connections=config.max_connections,
-            max_keepalive_connections=config.max_connections,
-        ),
+        limits=limits,
+        # A fraction of httpcore's CPU per request under concurrency (see _http.py);
+        # None (no httptools, or a proxy in the environment): httpx's own transport.
+        transport=transport_for(limits),
     )
     return OpenAICompatProvider(config, client)
 
