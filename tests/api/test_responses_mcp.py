@@ -314,3 +314,22 @@ def test_openai_agents_hosted_mcp_tool(api: Any, mcp_server: McpTestServer) -> N
     result = asyncio.run(Runner.run(agent, call("add", a=20, b=22)))
     assert asked == ["add"]
     assert result.final_output == "RESULT: 42"
+
+
+def test_background_mcp_call_with_headers(client: openai.OpenAI,
+                                          mcp_server: McpTestServer) -> None:
+    """A background run (locally the job queue; through the gateway the worker function)
+    reaches the MCP server with the credentials kept in the record, never shown."""
+    r = client.responses.create(
+        model=SCRIPTED, input=call("add", a=5, b=6), background=True,
+        tools=[mcp(mcp_server.secure_url, require_approval="never", authorization=TOKEN)])
+    deadline = time.monotonic() + 120
+    while r.status in ("queued", "in_progress"):
+        assert time.monotonic() < deadline, f"still {r.status}"
+        time.sleep(0.3)
+        r = client.responses.retrieve(r.id)
+    assert r.status == "completed", r.error
+    [mcp_call] = of_type(r, "mcp_call")
+    assert mcp_call.output == "11"
+    assert r.output_text == "RESULT: 11"
+    assert TOKEN not in r.model_dump_json()
