@@ -24,7 +24,13 @@ from fnstack import __version__
 from fnstack.api.common import ErrorResponse
 from fnstack.config import RunConfig
 from fnstack.errors import FnstackError, InternalError, InvalidRequestError, PayloadTooLargeError
-from fnstack.logs import configure_logging, new_request_id, request_id_var
+from fnstack.logs import (
+    configure_logging,
+    lambda_context_var,
+    new_request_id,
+    request_id_var,
+    web_adapter_fields,
+)
 from fnstack.quotas import Quotas
 from fnstack.services import ServiceSpec
 from fnstack.spec import Api
@@ -252,11 +258,17 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = dict(scope.get("headers") or []).get(REQUEST_ID_HEADER.encode(), b"").decode(
-            "latin-1"
-        )
+        headers = dict(scope.get("headers") or [])
+        incoming = headers.get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
         rid = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else new_request_id()
         token = request_id_var.set(rid)
+        # Under the Lambda Web Adapter (no handler saw the invocation) the Lambda context
+        # arrives as a header; trusted on Lambda only, where the adapter sets it.
+        invocation = None
+        if (lambda_context_var.get() is None and b"x-amzn-lambda-context" in headers
+                and os.environ.get("AWS_LAMBDA_FUNCTION_NAME")):
+            invocation = lambda_context_var.set(
+                web_adapter_fields(headers[b"x-amzn-lambda-context"]))
         start = time.perf_counter()
         status = 0
 
@@ -292,6 +304,8 @@ class RequestIdMiddleware:
                 },
             )
             request_id_var.reset(token)
+            if invocation is not None:
+                lambda_context_var.reset(invocation)
 
 
 class QuotaMiddleware:

@@ -23,6 +23,8 @@ from collections.abc import Callable, Coroutine, MutableMapping
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote_plus, unquote_plus
 
+from fnstack.logs import lambda_context_var, lambda_fields
+
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
@@ -82,6 +84,17 @@ def lambda_handler(
         adapter = Mangum(app, lifespan="off")  # type: ignore[arg-type]
 
     def handler(event: dict[str, Any], context: Any) -> Any:
+        # Every log line of the invocation carries its Lambda context (fnstack.logs);
+        # Mangum's task copies the context variables as they are here.
+        token = lambda_context_var.set(lambda_fields(
+            getattr(context, "aws_request_id", None),
+            getattr(context, "invoked_function_arn", None)))
+        try:
+            return dispatch(event, context)
+        finally:
+            lambda_context_var.reset(token)
+
+    def dispatch(event: dict[str, Any], context: Any) -> Any:
         kind = event_kind(event)
         if kind == "sqs" and sqs is not None:
             return sqs(event["Records"], context)
