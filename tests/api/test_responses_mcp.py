@@ -333,3 +333,35 @@ def test_background_mcp_call_with_headers(client: openai.OpenAI,
     assert mcp_call.output == "11"
     assert r.output_text == "RESULT: 11"
     assert TOKEN not in r.model_dump_json()
+
+
+def test_tool_choice_names_an_mcp_tool(client: openai.OpenAI, mcp_server: McpTestServer,
+                                       scripted_llm: ScriptedLLM) -> None:
+    marker = uuid.uuid4().hex
+    client.responses.create(model=SCRIPTED, input=f"pick {marker}",
+                            tools=[mcp(mcp_server.url, require_approval="never")],
+                            tool_choice={"type": "mcp", "server_label": "demo", "name": "echo"})
+    sent = next(body for body in reversed(scripted_llm.requests)
+                if marker in json.dumps(body.get("messages")))
+    assert sent["tool_choice"] == {"type": "function", "function": {"name": "demo__echo"}}
+    with pytest.raises(openai.BadRequestError) as info:
+        client.responses.create(model=SCRIPTED, input="pick",
+                                tools=[mcp(mcp_server.url, allowed_tools=["add"])],
+                                tool_choice={"type": "mcp", "server_label": "demo",
+                                             "name": "echo"})
+    assert info.value.body["param"] == "tool_choice.name"
+
+
+def test_tool_list_reused_across_a_conversation(client: openai.OpenAI,
+                                                mcp_server: McpTestServer) -> None:
+    conversation = client.conversations.create()
+    tools = [mcp(mcp_server.url, require_approval="never")]
+    first = client.responses.create(model=SCRIPTED, input="hello",
+                                    conversation=conversation.id, tools=tools)
+    assert [i.type for i in first.output] == ["mcp_list_tools", "message"]
+    second = client.responses.create(model=SCRIPTED, input=call("add", a=8, b=8),
+                                     conversation=conversation.id, tools=tools)
+    assert [i.type for i in second.output] == ["mcp_call", "message"]
+    assert second.output_text == "RESULT: 16"
+    kinds = [i.type for i in client.conversations.items.list(conversation.id, order="asc")]
+    assert kinds.count("mcp_list_tools") == 1 and "mcp_call" in kinds
