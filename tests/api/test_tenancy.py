@@ -224,3 +224,120 @@ def test_revoked_key_is_401(api: LiveApi) -> None:
         assert time.monotonic() < deadline, "a revoked key kept working"
         time.sleep(0.5)
     t.http.close()
+
+
+# --- conversations, prompts, responses (the Responses API's records) -----------------------
+
+SCRIPTED = "scripted"  # the scripted upstream's model (tests/support/scripted_llm.py)
+
+
+@pytest.fixture(scope="module")
+def agent_records_of_alice(tenants: dict[str, Tenant]) -> dict[str, str]:
+    """A conversation with an item, a prompt, a stored response (in the conversation), a
+    background response and a response with a function call, all alice's."""
+    alice = tenants["alice"].http
+    conv = alice.post("/v1/conversations", json={
+        "metadata": {"owner": "alice"}, "items": [{"role": "user", "content": "secret"}]})
+    assert conv.status_code == 200, conv.text
+    cid = conv.json()["id"]
+    item = alice.get(f"/v1/conversations/{cid}/items").json()["data"][0]["id"]
+    prompt = alice.post("/v1/prompts", json={"prompt": "alice's {{ s }}", "variables": ["s"]})
+    assert prompt.status_code == 200, prompt.text
+    resp = alice.post("/v1/responses", json={"model": SCRIPTED, "input": "alice's secret",
+                                             "conversation": cid})
+    assert resp.status_code == 200, resp.text
+    bg = alice.post("/v1/responses", json={"model": SCRIPTED, "input": "bg SLOW 3",
+                                           "background": True})
+    assert bg.status_code == 200, bg.text
+    return {"conversation": cid, "item": item, "prompt": prompt.json()["prompt_id"],
+            "response": resp.json()["id"], "background": bg.json()["id"]}
+
+
+def _never_seen(r: httpx.Response, unknown: httpx.Response, what: str) -> None:
+    # 404, and the same 404 a made-up id gets: neither status nor error type/param tell
+    # that the record exists.
+    assert r.status_code == 404, (what, r.status_code, r.text)
+    assert unknown.status_code == 404, (what, unknown.status_code, unknown.text)
+    got, ref = r.json()["error"], unknown.json()["error"]
+    assert (got["type"], got.get("code"), got.get("param")) == (
+        ref["type"], ref.get("code"), ref.get("param")), what
+
+
+def test_another_principal_never_sees_a_conversation_prompt_or_response(
+    tenants: dict[str, Tenant], agent_records_of_alice: dict[str, str]
+) -> None:
+    bob = tenants["bob"].http
+    a = agent_records_of_alice
+    ghost = {"conversation": "conv_" + "0" * 48, "item": "msg_" + "0" * 48,
+             "prompt": "pmpt_" + "0" * 48, "response": "resp_" + "0" * 32,
+             "background": "resp_" + "1" * 32}
+    calls: dict[str, Callable[[dict[str, str]], httpx.Response]] = {
+        "conv.get": lambda i: bob.get(f"/v1/conversations/{i['conversation']}"),
+        "conv.update": lambda i: bob.post(f"/v1/conversations/{i['conversation']}",
+                                          json={"metadata": {"owner": "bob"}}),
+        "conv.delete": lambda i: bob.delete(f"/v1/conversations/{i['conversation']}"),
+        "items.create": lambda i: bob.post(f"/v1/conversations/{i['conversation']}/items",
+                                           json={"items": [{"role": "user",
+                                                            "content": "injected"}]}),
+        "items.list": lambda i: bob.get(f"/v1/conversations/{i['conversation']}/items"),
+        "items.get": lambda i: bob.get(
+            f"/v1/conversations/{i['conversation']}/items/{i['item']}"),
+        "items.delete": lambda i: bob.delete(
+            f"/v1/conversations/{i['conversation']}/items/{i['item']}"),
+        "prompt.get": lambda i: bob.get(f"/v1/prompts/{i['prompt']}"),
+        "prompt.get_v1": lambda i: bob.get(f"/v1/prompts/{i['prompt']}",
+                                           params={"version": 1}),
+        "prompt.versions": lambda i: bob.get(f"/v1/prompts/{i['prompt']}/versions"),
+        "prompt.update": lambda i: bob.put(f"/v1/prompts/{i['prompt']}", json={
+            "prompt": "bob's", "version": 1, "variables": []}),
+        "prompt.default": lambda i: bob.put(f"/v1/prompts/{i['prompt']}/set-default-version",
+                                            json={"version": 1}),
+        "prompt.delete": lambda i: bob.delete(f"/v1/prompts/{i['prompt']}"),
+        "resp.get": lambda i: bob.get(f"/v1/responses/{i['response']}"),
+        "resp.get_stream": lambda i: bob.get(f"/v1/responses/{i['background']}",
+                                             params={"stream": "true", "starting_after": 0}),
+        "resp.input_items": lambda i: bob.get(f"/v1/responses/{i['response']}/input_items"),
+        "resp.cancel": lambda i: bob.post(f"/v1/responses/{i['background']}/cancel"),
+        "resp.delete": lambda i: bob.delete(f"/v1/responses/{i['response']}"),
+        "resp.previous": lambda i: bob.post("/v1/responses", json={
+            "model": SCRIPTED, "input": "x", "previous_response_id": i["response"]}),
+        "resp.conversation": lambda i: bob.post("/v1/responses", json={
+            "model": SCRIPTED, "input": "injected", "conversation": i["conversation"]}),
+        "resp.conversation_obj": lambda i: bob.post("/v1/responses", json={
+            "model": SCRIPTED, "input": "injected",
+            "conversation": {"id": i["conversation"]}}),
+        "resp.prompt": lambda i: bob.post("/v1/responses", json={
+            "model": SCRIPTED, "prompt": {"id": i["prompt"], "variables": {"s": "x"}}}),
+        "resp.stream_previous": lambda i: bob.post("/v1/responses", json={
+            "model": SCRIPTED, "input": "x", "stream": True,
+            "previous_response_id": i["response"]}),
+    }
+    for name, call in calls.items():
+        _never_seen(call(a), call(ghost), name)
+    # Listings do not show them either.
+    assert a["prompt"] not in {p["prompt_id"] for p in bob.get("/v1/prompts").json()["data"]}
+
+    # Alice's records are intact after bob's attempts.
+    alice = tenants["alice"].http
+    conv = alice.get(f"/v1/conversations/{a['conversation']}")
+    assert conv.status_code == 200 and conv.json()["metadata"] == {"owner": "alice"}
+    texts = [i["content"][0]["text"]
+             for i in alice.get(f"/v1/conversations/{a['conversation']}/items",
+                                params={"order": "asc"}).json()["data"]
+             if i["type"] == "message"]
+    assert "injected" not in texts and texts[0] == "secret"
+    prompt = alice.get(f"/v1/prompts/{a['prompt']}").json()
+    assert prompt["prompt"] == "alice's {{ s }}" and prompt["version"] == 1
+    assert alice.get(f"/v1/responses/{a['response']}").status_code == 200
+    assert alice.get(f"/v1/responses/{a['background']}").json()["status"] != "cancelled"
+
+
+def test_admin_reads_any_response_and_conversation(
+    tenants: dict[str, Tenant], agent_records_of_alice: dict[str, str]
+) -> None:
+    root = tenants["root"].http
+    a = agent_records_of_alice
+    assert root.get(f"/v1/responses/{a['response']}").status_code == 200
+    assert root.get(f"/v1/responses/{a['response']}/input_items").status_code == 200
+    assert root.get(f"/v1/conversations/{a['conversation']}").status_code == 200
+    assert root.get(f"/v1/prompts/{a['prompt']}").status_code == 200
