@@ -63,7 +63,7 @@ from fnstack.services.inference import InferenceService
 from fnstack.services.models import ModelsService
 from fnstack.services.responses_items import validate_input
 from fnstack.services.responses_loop import Run, fresh_state, public_view, validate_tools
-from fnstack.services.responses_stream import EventLog, Events, replay
+from fnstack.services.responses_stream import TERMINAL_EVENTS, EventLog, Events, replay
 from fnstack.services.responses_tools import builtin_tools
 from fnstack.spec import Api
 from fnstack.storage import KVRecord, KVStore, Owner
@@ -243,6 +243,9 @@ class ResponsesService(Service):
                 event = await queue.get()
                 if event is None:
                     break
+                if event["type"] in TERMINAL_EVENTS:
+                    # Stored before the client hears it is done (as chat completions).
+                    await asyncio.wait({task})
                 yield event
         finally:
             if not task.done():

@@ -46,14 +46,18 @@ def test_plain_response_from_the_scripted_model(client: openai.OpenAI) -> None:
 
 
 def test_plain_response_from_the_bundled_model(api: LiveApi, client: openai.OpenAI) -> None:
-    model = models_of(api)["reference"]
+    # SmolLM2: in torch in-process locally; behind the gateway the zip functions carry no
+    # torch, so the same model answers through llama.cpp (remote::openai).
+    model = models_of(api)["reference" if api.mode == "local" else "openai"]
     r = client.responses.create(model=model, input="Say hi.", max_output_tokens=8,
                                 temperature=0, instructions="Be brief.")
     assert r.status in ("completed", "incomplete")
     assert r.output and r.output[0].type == "message"
     assert r.output_text.strip()
     assert r.instructions == "Be brief." and r.model == model
-    assert r.usage is not None and 0 < r.usage.output_tokens <= 8
+    assert r.usage is not None and r.usage.output_tokens <= 8
+    if api.mode == "local":  # llama.cpp's server reports no usage in a stream
+        assert r.usage.output_tokens > 0
 
 
 def test_instructions_and_input_messages_reach_the_model(client: openai.OpenAI) -> None:
