@@ -7,7 +7,8 @@ public id with an fnstack completion id (time-ordered, so the stored history lis
 creation order straight from the kv store).
 
 Responses and batches call this service in process; the stored chat completion history
-(`fnstack.services.chat_completions`) is one of its consumers.
+(`fnstack.services.chat_completions`) is one of its consumers. Every provider call is
+timed and counted here, per provider (`fnstack.metrics`: EMF on Lambda).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from fnstack.api.inference import (
     Usage,
 )
 from fnstack.errors import InvalidRequestError
+from fnstack.metrics import MetricsSink, Operation, ProviderCall, metrics_from_env
 from fnstack.quotas import Quotas
 from fnstack.records import check_storable, new_id
 from fnstack.routing import RoutingEntry
@@ -55,9 +57,28 @@ def new_completion_id() -> str:
 
 
 class InferenceService(Service):
-    def __init__(self, models: ModelsService, quotas: Quotas | None = None) -> None:
+    def __init__(
+        self, models: ModelsService, quotas: Quotas | None = None,
+        metrics: MetricsSink | None = None,
+    ) -> None:
         self.models = models
         self.quotas = quotas
+        self.metrics = metrics if metrics is not None else metrics_from_env()
+
+    async def _call(self, call: ProviderCall, result: Awaitable[Any]) -> Any:
+        """The provider's answer, its failure recorded (a stream's end is recorded by
+        whoever reads it)."""
+        try:
+            return await result
+        except Exception as exc:
+            call.failed(exc)
+            raise
+        except BaseException:
+            call.cancelled()
+            raise
+
+    def _start(self, entry: RoutingEntry, operation: Operation, public: str) -> ProviderCall:
+        return ProviderCall(self.metrics, entry.provider_id, operation, public)
 
     async def _charge(self, user: Owner, usage: Usage | EmbeddingUsage | None) -> None:
         if self.quotas is not None and usage is not None:
@@ -87,9 +108,10 @@ class InferenceService(Service):
         entry, provider = await self._route(public, "llm", "/v1/chat/completions", user)
         upstream = request.model_copy(update={"model": entry.provider_resource_id})
         cid = new_completion_id()
-        result = await provider.chat_completion(upstream)
+        call = self._start(entry, "chat", public)
+        result = await self._call(call, provider.chat_completion(upstream))
         if not isinstance(result, ChatCompletion):
-            stream = ChatStream(result, request, public, cid)
+            stream = ChatStream(result, request, public, cid, call)
             if self.quotas is not None:
 
                 async def charge(completion: ChatCompletion) -> None:
@@ -97,6 +119,7 @@ class InferenceService(Service):
 
                 stream.add_done(charge)
             return stream
+        call.succeeded(result.usage)
         result.id, result.model = cid, public
         await self._charge(user, result.usage)
         return result
@@ -109,10 +132,12 @@ class InferenceService(Service):
         check_storable(request.prompt, "prompt")
         public = request.model
         entry, provider = await self._route(public, "llm", "/v1/completions", user)
-        result = await provider.completion(
+        call = self._start(entry, "completion", public)
+        result = await self._call(call, provider.completion(
             request.model_copy(update={"model": entry.provider_resource_id})
-        )
+        ))
         if isinstance(result, Completion):
+            call.succeeded(result.usage)
             result.model = public
             await self._charge(user, result.usage)
             return result
@@ -120,7 +145,7 @@ class InferenceService(Service):
         async def charge(usage: Usage | None) -> None:
             await self._charge(user, usage)
 
-        return _rename(result, public, charge)
+        return _rename(result, public, charge, call)
 
     async def embeddings(self, request: EmbeddingRequest, user: Owner) -> EmbeddingList:
         if isinstance(request.input, list) and not request.input:
@@ -128,9 +153,11 @@ class InferenceService(Service):
         check_storable(request.input, "input")
         public = request.model
         entry, provider = await self._route(public, "embedding", "/v1/embeddings", user)
-        result: EmbeddingList = await provider.embeddings(
+        call = self._start(entry, "embeddings", public)
+        result: EmbeddingList = await self._call(call, provider.embeddings(
             request.model_copy(update={"model": entry.provider_resource_id})
-        )
+        ))
+        call.succeeded(result.usage)
         result.model = public
         await self._charge(user, result.usage)
         return result
@@ -150,8 +177,12 @@ class ChatStream:
         request: ChatCompletionRequest,
         public: str,
         cid: str,
+        call: ProviderCall | None = None,
     ) -> None:
         self._chunks = chunks
+        self._call = call
+        if call is not None:
+            call.streamed = True
         self._buffered = getattr(chunks, "buffered", None)
         self._include_usage = bool(
             request.stream_options and request.stream_options.include_usage
@@ -191,8 +222,11 @@ class ChatStream:
         include_usage = self._include_usage
         acc = _Assembler()
         created = int(time.time())
+        call = self._call
         try:
             async for chunk in chunks:
+                if call is not None:
+                    call.first_chunk()
                 chunk.id, chunk.model, chunk.created = cid, public, created
                 acc.add(chunk)
                 if not include_usage:
@@ -200,10 +234,20 @@ class ChatStream:
                         continue  # the usage-only chunk nobody asked for
                     chunk.usage = None
                 yield chunk
+        except Exception as exc:
+            if call is not None:
+                call.failed(exc)
+            raise
+        except BaseException:  # the reader went away (GeneratorExit, cancellation)
+            if call is not None:
+                call.cancelled()
+            raise
         finally:
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
                 await aclose()
+        if call is not None:
+            call.succeeded(acc.usage)
         # Reached only when the stream ended normally: the client got every chunk.
         if self._done:
             completion = acc.completion(cid, public, created)
@@ -213,18 +257,27 @@ class ChatStream:
 
 async def _rename(
     chunks: AsyncIterator[Completion], public: str,
-    on_usage: Callable[[Usage | None], Awaitable[None]],
+    on_usage: Callable[[Usage | None], Awaitable[None]], call: ProviderCall,
 ) -> AsyncIterator[Completion]:
     usage: Usage | None = None
+    call.streamed = True
     try:
         async for chunk in chunks:
+            call.first_chunk()
             chunk.model = public
             usage = chunk.usage or usage
             yield chunk
+    except Exception as exc:
+        call.failed(exc)
+        raise
+    except BaseException:
+        call.cancelled()
+        raise
     finally:
         aclose = getattr(chunks, "aclose", None)
         if aclose is not None:
             await aclose()
+    call.succeeded(usage)
     await on_usage(usage)
 
 
