@@ -3,10 +3,10 @@
 import contextlib
 import os
 
-# onnxruntime segfaults when first imported in a worker thread of this function (the
-# embedder loads in asyncio.to_thread while the job runs): import it here, on the main
-# thread, where the layer has it. (Measured in the built gateway: without this, every
-# embeddings batch and every ingestion job crashed the worker with SIGSEGV.)
+# onnxruntime segfaults when imported after usearch (the layer's cp312 wheels; the
+# inline::vector provider also imports it first): import it here, before anything.
+# (Measured in the built gateway: without this, every embeddings batch and every
+# ingestion job crashed the worker with SIGSEGV.)
 with contextlib.suppress(ImportError):
     import onnxruntime  # noqa: F401
 

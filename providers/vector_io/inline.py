@@ -702,6 +702,11 @@ def _make_root(root: str) -> Path:
 
 
 async def create(config: InlineVectorIOConfig, ctx: ProviderContext) -> InlineVectorIOProvider:
+    # onnxruntime first where it is installed: imported after usearch (the cp312
+    # manylinux wheels of the Lambda layer), its import segfaults the process, which
+    # killed every function that searched or indexed and then embedded.
+    with contextlib.suppress(ImportError):
+        import onnxruntime  # noqa: F401
     try:
         import usearch.index  # noqa: F401 - fail at start, not on the first query
     except ImportError as exc:
