@@ -35,9 +35,9 @@ GREEDY = {"temperature": 0}
 
 
 @pytest.fixture
-def claude(api: LiveApi) -> Iterator[anthropic.Anthropic]:
-    client = anthropic.Anthropic(base_url=api.base_url.removesuffix("/v1"), api_key=api.key,
-                                 max_retries=0, timeout=120)
+def claude(api: LiveApi, request: pytest.FixtureRequest) -> Iterator[anthropic.Anthropic]:
+    client = anthropic.Anthropic(base_url=api.url_for(request).removesuffix("/v1"),
+                                 api_key=api.key, max_retries=0, timeout=120)
     yield client
     client.close()
 
@@ -91,10 +91,11 @@ def test_streaming_events_in_order(claude: anthropic.Anthropic, llm: str) -> Non
     assert _text(plain) == _text(final)
 
 
-def test_stream_wire_has_named_events_and_a_ping(api: LiveApi, reference: str) -> None:
+def test_stream_wire_has_named_events_and_a_ping(api: LiveApi, reference: str,
+                                                 request: pytest.FixtureRequest) -> None:
     body = {"model": reference, "max_tokens": 3, "messages": HI, "stream": True}
     with httpx.Client(timeout=120) as http:
-        r = http.post(f"{api.base_url}/messages", json=body,
+        r = http.post(f"{api.url_for(request)}/messages", json=body,
                       headers={"x-api-key": api.key, "anthropic-version": "2023-06-01"})
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
     events = [block.split("\n") for block in r.text.strip().split("\n\n")]
@@ -204,14 +205,16 @@ def test_unknown_model_is_a_404_in_anthropics_shape(claude: anthropic.Anthropic)
         claude.messages.count_tokens(model="no-such-model", messages=HI)
 
 
-def test_bad_requests_are_400s_in_anthropics_shape(api: LiveApi, reference: str) -> None:
+def test_bad_requests_are_400s_in_anthropics_shape(api: LiveApi, reference: str,
+                                                   request: pytest.FixtureRequest) -> None:
     headers = {"x-api-key": api.key, "anthropic-version": "2023-06-01"}
+    base_url = api.url_for(request)
     with httpx.Client(timeout=60, headers=headers) as http:
-        missing = http.post(f"{api.base_url}/messages", json={"model": reference,
-                                                              "messages": HI})
-        bad_json = http.post(f"{api.base_url}/messages", content=b"{nope",
+        missing = http.post(f"{base_url}/messages", json={"model": reference,
+                                                          "messages": HI})
+        bad_json = http.post(f"{base_url}/messages", content=b"{nope",
                              headers={"content-type": "application/json"})
-        no_tools = http.post(f"{api.base_url}/messages", json={
+        no_tools = http.post(f"{base_url}/messages", json={
             "model": reference, "max_tokens": 4, "messages": HI, "tool_choice": {"type": "any"}})
     for r in (missing, bad_json, no_tools):
         assert r.status_code == 400, r.text
@@ -225,7 +228,7 @@ def test_sdk_errors_carry_anthropics_types(claude: anthropic.Anthropic, referenc
     with pytest.raises(anthropic.BadRequestError) as info:
         claude.messages.create(model=reference, max_tokens=-1, messages=HI)
     assert info.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
-    stranger = anthropic.Anthropic(base_url=api.base_url.removesuffix("/v1"),
+    stranger = anthropic.Anthropic(base_url=str(claude.base_url).rstrip("/"),
                                    api_key="fns-not-a-key", max_retries=0)
     with pytest.raises(anthropic.AuthenticationError):
         stranger.messages.create(model=reference, max_tokens=4, messages=HI)

@@ -12,6 +12,13 @@ SMOLLM2 = "SmolLM2-135M-Instruct"
 MINILM = "all-MiniLM-L6-v2"
 
 
+@pytest.fixture
+def reference() -> str:
+    """The bundled model: a test taking it talks to the URL that serves it (deployed, its
+    own function under /image/v1; see LiveApi.reference_url)."""
+    return SMOLLM2
+
+
 def error_of(r: httpx.Response, status: int) -> dict[str, object]:
     assert r.status_code == status, r.text
     err = r.json()["error"]
@@ -26,8 +33,11 @@ def test_health_and_version(http: httpx.Client) -> None:
     assert http.get("/v1/version").json()["version"]
 
 
-def test_models_of_the_run_config_are_listed(client: openai.OpenAI) -> None:
+def test_models_of_the_run_config_are_listed(client: openai.OpenAI, api: LiveApi) -> None:
     models = {m.id: m for m in client.models.list()}
+    if api.reference_url:
+        bundled = openai.OpenAI(base_url=api.reference_url, api_key=api.key, max_retries=0)
+        models.update({m.id: m for m in bundled.models.list()})
     assert SMOLLM2 in models and MINILM in models
     llm = models[SMOLLM2].model_dump()
     assert llm["object"] == "model" and llm["model_type"] == "llm"
@@ -36,7 +46,7 @@ def test_models_of_the_run_config_are_listed(client: openai.OpenAI) -> None:
     assert emb["model_type"] == "embedding" and emb["metadata"]["embedding_dimension"] == 384
 
 
-def test_retrieve_model_and_unknown_model(client: openai.OpenAI) -> None:
+def test_retrieve_model_and_unknown_model(client: openai.OpenAI, reference: str) -> None:
     assert client.models.retrieve(SMOLLM2).id == SMOLLM2
     with pytest.raises(openai.NotFoundError) as err:
         client.models.retrieve("no-such-model")
@@ -44,7 +54,7 @@ def test_retrieve_model_and_unknown_model(client: openai.OpenAI) -> None:
 
 
 def test_register_get_delete_model_with_slash(client: openai.OpenAI, http: httpx.Client,
-                                              api: LiveApi) -> None:
+                                              api: LiveApi, reference: str) -> None:
     model_id = f"org-{api.mode}/tiny"
     r = http.post("/v1/models", json={"model_id": model_id, "provider_id": "reference",
                                       "provider_model_id": SMOLLM2})

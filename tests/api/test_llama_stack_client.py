@@ -26,6 +26,16 @@ SCRIPT = ROOT / "tests" / "support" / "lsc_report.py"
 _REPORTS: dict[str, dict[str, Any]] = {}
 
 
+# Deployed (the gateway on the built bundle) the /v1 API serves no torch model: the
+# bundled one has its own function and URL. There the client's LLM is llama.cpp's,
+# behind remote::openai.
+PROVIDER_TYPES = {"reference": "inline::reference", "openai": "remote::openai"}
+
+
+def llm_provider(api: LiveApi) -> str:
+    return "openai" if api.reference_url else "reference"
+
+
 def _report(api: LiveApi) -> dict[str, Any]:
     if api.base_url not in _REPORTS:
         assert CLIENT_PYTHON.exists(), (
@@ -34,7 +44,7 @@ def _report(api: LiveApi) -> dict[str, Any]:
         models = models_of(api)
         done = subprocess.run(
             [str(CLIENT_PYTHON), str(SCRIPT), api.base_url.removesuffix("/v1"), api.key,
-             models["reference"], models["onnx"]],
+             models[llm_provider(api)], models["onnx"], llm_provider(api)],
             capture_output=True, text=True, timeout=600,
         )
         assert done.returncode == 0, done.stderr[-4000:]
@@ -61,24 +71,25 @@ def test_every_call_works(report: dict[str, Any]) -> None:
 def test_models_carry_provider_and_type(report: dict[str, Any], api: LiveApi) -> None:
     listed = _ok(report, "models.list")
     by_provider = {m["provider_id"]: m for m in listed}
-    assert {"reference", "onnx", "openai"} <= set(by_provider)
+    assert {llm_provider(api), "onnx", "openai"} <= set(by_provider)
     for m in listed:
         assert m["provider_id"] and m["provider_resource_id"]
         assert m["model_type"] in ("llm", "embedding")
-    assert by_provider["reference"]["model_type"] == "llm"
+    assert by_provider[llm_provider(api)]["model_type"] == "llm"
     onnx = by_provider["onnx"]
     assert onnx["model_type"] == "embedding"
     assert onnx["custom_metadata"]["embedding_dimension"] == 384
     got = _ok(report, "models.retrieve")
-    assert got == {"identifier": models_of(api)["reference"], "provider_id": "reference",
+    assert got == {"identifier": models_of(api)[llm_provider(api)],
+                   "provider_id": llm_provider(api),
                    "model_type": "llm", "provider_resource_id": got["provider_resource_id"]}
     assert got["provider_resource_id"]
 
 
-def test_models_register_and_unregister(report: dict[str, Any]) -> None:
+def test_models_register_and_unregister(report: dict[str, Any], api: LiveApi) -> None:
     registered = _ok(report, "models.register")
     assert registered["identifier"].startswith("lsc-") and registered["listed"]
-    assert registered["provider_id"] == "reference" and registered["model_type"] == "llm"
+    assert registered["provider_id"] == llm_provider(api) and registered["model_type"] == "llm"
     assert _ok(report, "models.unregister") == {"listed": False}
 
 
@@ -99,21 +110,21 @@ def test_completions_and_embeddings(report: dict[str, Any]) -> None:
     assert _ok(report, "embeddings.create") == {"count": 2, "dimension": 384}
 
 
-def test_providers_carry_health(report: dict[str, Any]) -> None:
+def test_providers_carry_health(report: dict[str, Any], api: LiveApi) -> None:
     for name in ("providers.list", "alpha.admin.list_providers"):
         listed = _ok(report, name)
-        assert {"reference", "onnx", "openai"} <= {p["provider_id"] for p in listed}
+        assert {llm_provider(api), "onnx", "openai"} <= {p["provider_id"] for p in listed}
         for p in listed:
             assert p["health"]["status"] in ("OK", "Error", "Not Implemented")
     one = _ok(report, "providers.retrieve")
     assert one["api"] == "inference" and one["health"]["status"]
-    assert _ok(report, "alpha.admin.inspect_provider") == "inline::reference"
+    assert _ok(report, "alpha.admin.inspect_provider") == PROVIDER_TYPES[llm_provider(api)]
 
 
-def test_routes_carry_provider_types(report: dict[str, Any]) -> None:
+def test_routes_carry_provider_types(report: dict[str, Any], api: LiveApi) -> None:
     routes = _ok(report, "routes.list")
     chat = [r for r in routes if r["route"] == "/v1/chat/completions" and r["method"] == "POST"]
-    assert chat and "inline::reference" in chat[0]["provider_types"]
+    assert chat and PROVIDER_TYPES[llm_provider(api)] in chat[0]["provider_types"]
     assert all(isinstance(r["provider_types"], list) for r in routes)
     assert any(r["route"] == "/v1/messages" for r in routes)
     v1 = _ok(report, "alpha.admin.list_routes")

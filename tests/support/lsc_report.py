@@ -23,7 +23,10 @@ from llama_stack_client.types.model_retrieve_response import ModelRetrieveRespon
 
 
 def main(argv: list[str]) -> int:
-    base_url, api_key, llm, embedder = argv
+    base_url, api_key, llm, embedder = argv[:4]
+    # The provider serving ``llm`` (the bundled model's, unless the deployment serves it
+    # elsewhere: on AWS it has its own function and URL).
+    provider = argv[4] if len(argv) > 4 else "reference"
     client = LlamaStackClient(base_url=base_url, api_key=api_key, max_retries=0, timeout=120)
     report: dict[str, Any] = {}
 
@@ -51,7 +54,7 @@ def main(argv: list[str]) -> int:
     def models_register() -> Any:
         # 0.7.x has no models.register: the generic call, with Llama Stack's body.
         m = client.post("/v1/models", cast_to=ModelRetrieveResponse, body={
-            "model_id": registered, "provider_id": "reference",
+            "model_id": registered, "provider_id": provider,
             "provider_model_id": llm, "model_type": "llm"})
         listed = [x.id for x in client.models.list()]
         return {"identifier": m.identifier, "provider_id": m.provider_id,
@@ -116,7 +119,7 @@ def main(argv: list[str]) -> int:
                  "health": p.health} for p in client.providers.list()]
 
     def providers_retrieve() -> Any:
-        p = client.providers.retrieve("reference")
+        p = client.providers.retrieve(provider)
         return {"provider_id": p.provider_id, "health": p.health, "api": p.api}
 
     def routes_list() -> Any:
@@ -133,7 +136,7 @@ def main(argv: list[str]) -> int:
           lambda: [{"provider_id": p.provider_id, "health": p.health}
                    for p in admin.list_providers()])
     check("alpha.admin.inspect_provider",
-          lambda: admin.inspect_provider("reference").provider_type)
+          lambda: admin.inspect_provider(provider).provider_type)
     check("alpha.admin.list_routes",
           lambda: [{"route": r.route, "provider_types": r.provider_types}
                    for r in admin.list_routes(api_filter="v1")])
