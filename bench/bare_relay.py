@@ -8,12 +8,17 @@ for a stream) and sent upstream as it came; the answer goes back as it came, buf
 or streamed chunk by chunk. No validation, no authentication, no storage, no logging:
 what is left is uvicorn (httptools, uvloop: as ``fnstack run``), Starlette's routing
 and an ``httpx.AsyncClient`` with a keep-alive pool as large as fnstack's in the bench.
+``--lean`` gives the client the transport fnstack's ``remote::openai`` uses
+(providers/inference/_http.py) instead of httpx's default one: the same relay with the
+same upstream client as fnstack, so what remains between the two is fnstack's own work.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 import httpx
 import uvicorn
@@ -24,12 +29,20 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 
-def build(upstream: str, max_connections: int) -> Starlette:
+def build(upstream: str, max_connections: int, lean: bool = False) -> Starlette:
+    limits = httpx.Limits(max_connections=max_connections,
+                          max_keepalive_connections=max_connections)
+    transport = None
+    if lean:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from providers.inference._http import transport_for
+
+        transport = transport_for(limits)
     client = httpx.AsyncClient(
         base_url=upstream.rstrip("/") + "/",
         timeout=httpx.Timeout(120.0, connect=10.0),
-        limits=httpx.Limits(max_connections=max_connections,
-                            max_keepalive_connections=max_connections),
+        limits=limits,
+        transport=transport,
     )
 
     async def chat(request: Request) -> Response:
@@ -60,10 +73,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=9200)
     parser.add_argument("--upstream", default="http://127.0.0.1:9100/v1")
     parser.add_argument("--max-connections", type=int, default=200)
+    parser.add_argument("--lean", action="store_true", help="fnstack's upstream transport")
     args = parser.parse_args()
-    uvicorn.run(build(args.upstream, args.max_connections), host="127.0.0.1", port=args.port,
-                http="httptools", loop="auto", access_log=False, log_level="warning",
-                lifespan="off")
+    uvicorn.run(build(args.upstream, args.max_connections, args.lean), host="127.0.0.1",
+                port=args.port, http="httptools", loop="auto", access_log=False,
+                log_level="warning", lifespan="off")
 
 
 if __name__ == "__main__":

@@ -9,21 +9,24 @@ Starts three servers and drives chat completions, plain and streamed, at each of
   nothing (what a client gets with no gateway at all);
 - ``relay``: bench/bare_relay.py, Starlette + httpx relaying the bytes as they come
   (no validation, no auth, no storage, no logs): the floor of a Python gateway;
+- ``lean``: the same relay on fnstack's upstream transport (providers/inference/_http.py)
+  instead of httpx's default one: fnstack minus everything fnstack adds;
 - ``fnstack``: ``fnstack run`` routing ``remote::openai`` to the mock, with API-key auth
   on (a key made through ``POST /v1/keys``), every request validated, every completion
   stored in SQLite by group commit (queue mode, the local default), the access log on.
 
-The relay and fnstack each get one uvicorn worker (httptools, uvloop). The load generator
-is raw asyncio HTTP/1.1 (keep-alive, one request in flight per connection). Scenarios
-are interleaved (upstream, relay, fnstack, plain then streamed) and repeated
-``--rounds`` times: the table gives medians, and each round's fnstack/relay ratio. With
-two or more CPUs, the relay and fnstack run pinned to the last CPU and the mock and the
-load generator to the others (``--no-pin``: no pinning), so the two gateways get the
-same single core. ``cpu ms/req`` is a server's own CPU time per answered request, which
+The relays and fnstack each get one uvicorn worker (httptools, uvloop). The load
+generator is raw asyncio HTTP/1.1 (keep-alive, one request in flight per connection).
+Scenarios are interleaved (upstream, relay, lean, fnstack; plain then streamed) and
+repeated ``--rounds`` times: the table gives medians, and each round's fnstack/relay
+ratio. With two or more CPUs, the relays and fnstack run pinned to the last CPU and the
+mock and the load generator to the others (``--no-pin``: no pinning), so the gateways
+get the same single core. ``cpu ms/req`` is a server's own CPU time per answered request, which
 other load on the machine disturbs less than requests/s.
 
 Targets: fnstack >= 0.9x the relay's requests/s at 50 connections; every answered
-completion stored. ``--no-auth`` / ``--no-store`` show what those guarantees cost.
+completion stored. ``fn/lean`` is the stricter figure: fnstack against a relay with the
+same upstream client. ``--no-auth`` / ``--no-store`` show what those guarantees cost.
 """
 
 from __future__ import annotations
@@ -236,7 +239,7 @@ def run_load(port: int, raw: bytes, conns: int, duration: float) -> Result:
     return uvloop.run(load(port, raw, conns, duration))
 
 
-TARGETS = ("upstream", "relay", "fnstack")
+TARGETS = ("upstream", "relay", "lean", "fnstack")
 
 
 @dataclass
@@ -285,12 +288,13 @@ def main() -> None:
         )
         wait_for(f"http://127.0.0.1:{ports['upstream']}/v1/models", procs["upstream"],
                  "the mock upstream")
-        procs["relay"] = subprocess.Popen(
-            pinned([sys.executable, str(ROOT / "bench" / "bare_relay.py"),
-                    "--port", str(ports["relay"]),
-                    "--upstream", f"http://127.0.0.1:{ports['upstream']}/v1"], server_cpu),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        for name, extra in (("relay", []), ("lean", ["--lean"])):
+            procs[name] = subprocess.Popen(
+                pinned([sys.executable, str(ROOT / "bench" / "bare_relay.py"),
+                        "--port", str(ports[name]), *extra,
+                        "--upstream", f"http://127.0.0.1:{ports['upstream']}/v1"], server_cpu),
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
         with open(tmp / "server.log", "wb") as log:
             procs["fnstack"] = subprocess.Popen(
                 pinned([sys.executable, "-m", "fnstack.cli", "run", str(tmp / "bench.yaml"),
@@ -298,7 +302,8 @@ def main() -> None:
                 stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
                 env={**os.environ, "PYTHONPATH": str(ROOT)},
             )
-        wait_for(f"http://127.0.0.1:{ports['relay']}/v1/health", procs["relay"], "the relay")
+        for name in ("relay", "lean"):
+            wait_for(f"http://127.0.0.1:{ports[name]}/v1/health", procs[name], f"the {name}")
         wait_for(f"http://127.0.0.1:{ports['fnstack']}/v1/health", procs["fnstack"], "fnstack")
         base = f"http://127.0.0.1:{ports['fnstack']}"
         key = None if args.no_auth else user_key(base)
@@ -344,24 +349,28 @@ def main() -> None:
 
         print()
         header = (f"{'conns':>5} {'kind':<6} | {'upstream':>8} | {'relay':>6} {'p50':>6}"
-                  f" {'p99':>6} | {'fnstack':>7} {'p50':>6} {'p99':>6} | {'fn/relay':>8}"
-                  f" {'per round':<16} | {'cpu ms/req relay':>16} {'fnstack':>7} | {'failed':>6}")
+                  f" | {'lean':>6} {'p50':>6} | {'fnstack':>7} {'p50':>6} {'p99':>6}"
+                  f" | {'fn/relay':>8} {'per round':<16} {'fn/lean':>7}"
+                  f" | {'cpu ms/req: relay':>17} {'lean':>5} {'fnstack':>7} | {'failed':>6}")
         print(header)
         print("-" * len(header))
         worst = float("inf")
         for conns in args.connections:
             for kind in kinds:
-                up, rel, fn = (cells[(conns, kind, t)] for t in TARGETS)
+                up, rel, lean, fn = (cells[(conns, kind, t)] for t in TARGETS)
                 ratio = fn.med("rps") / rel.med("rps") if rel.med("rps") else 0.0
+                to_lean = fn.med("rps") / lean.med("rps") if lean.med("rps") else 0.0
                 if conns == 50 or len(args.connections) == 1:
                     worst = min(worst, ratio)
                 per_round = " ".join(f"{f.rps / r.rps:.2f}" if r.rps else "-"
                                      for r, f in zip(rel.runs, fn.runs, strict=True))
                 failed = sum(r.failed for r in fn.runs)
                 print(f"{conns:>5} {kind:<6} | {up.med('rps'):>8.0f} | {rel.med('rps'):>6.0f}"
-                      f" {rel.med('p50'):>6.2f} {rel.med('p99'):>6.2f} | {fn.med('rps'):>7.0f}"
-                      f" {fn.med('p50'):>6.2f} {fn.med('p99'):>6.2f} | {ratio:>8.2f}"
-                      f" {per_round:<16} | {statistics.median(rel.cpu_ms):>16.2f}"
+                      f" {rel.med('p50'):>6.1f} | {lean.med('rps'):>6.0f} {lean.med('p50'):>6.1f}"
+                      f" | {fn.med('rps'):>7.0f} {fn.med('p50'):>6.1f} {fn.med('p99'):>6.1f}"
+                      f" | {ratio:>8.2f} {per_round:<16} {to_lean:>7.2f}"
+                      f" | {statistics.median(rel.cpu_ms):>17.2f}"
+                      f" {statistics.median(lean.cpu_ms):>5.2f}"
                       f" {statistics.median(fn.cpu_ms):>7.2f} | {failed:>6}")
         print("(req/s and latency in ms: medians over the rounds)")
         print()
