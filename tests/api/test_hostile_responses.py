@@ -349,3 +349,94 @@ def test_bad_input_items_listing_is_a_400_or_empty(http: httpx.Client,
         assert got.status_code in (200, 400, 404), got.text
     else:
         assert got.status_code == 400, (params, got.status_code, got.text[:200])
+
+
+# --- odd text and limits ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["nul \u0000 inside", "lone \ud800 surrogate", "\ufeffbom",
+                                  "rtl \u202e txet", "emoji \U0001f600 and cjk \u4e2d"])
+def test_odd_text_round_trips_or_is_a_400(http: httpx.Client, text: str) -> None:
+    # JSON allows every one of these; storing one must not turn into a 500.
+    body = json.dumps({"model": SCRIPTED, "input": text, "metadata": {"k": text}})
+    r = http.post("/v1/responses", content=body, headers={"content-type": "application/json"})
+    if r.status_code == 400:
+        assert r.json()["error"]["param"] in ("input", "metadata", "metadata.k")
+        return
+    assert r.status_code == 200, (r.status_code, r.text[:300])
+    rid = r.json()["id"]
+    got = http.get(f"/v1/responses/{rid}")
+    assert got.status_code == 200 and got.json()["id"] == rid
+    items = http.get(f"/v1/responses/{rid}/input_items")
+    assert items.status_code == 200, items.text[:300]
+
+
+@pytest.mark.parametrize("metadata", [
+    {f"k{i}": "v" for i in range(17)},  # OpenAI: at most 16 pairs
+    {"k" * 65: "v"},                    # keys at most 64 characters
+    {"k": "v" * 513},                   # values at most 512 characters
+])
+def test_metadata_over_openai_limits_is_a_400(http: httpx.Client,
+                                             metadata: dict[str, str]) -> None:
+    r = http.post("/v1/responses", json={"model": SCRIPTED, "input": "x",
+                                         "metadata": metadata})
+    err = _error(r, 400)
+    assert str(err["param"]).startswith("metadata"), err
+
+
+@pytest.mark.parametrize(("fmt", "param"), [
+    ({"type": "json_schema", "name": "has space", "schema": {"type": "object"}},
+     "text.format.name"),
+    ({"type": "json_schema", "name": "x" * 65, "schema": {"type": "object"}},
+     "text.format.name"),
+    ({"type": "json_schema", "name": "ok", "schema": "object"}, "text.format.schema"),
+    ({"type": "json_schema", "schema": {"type": "object"}}, "text.format.name"),
+    ({"type": "yaml"}, "text.format.type"),
+])
+def test_bad_text_formats_are_400(http: httpx.Client, fmt: dict[str, Any], param: str) -> None:
+    r = http.post("/v1/responses", json={"model": SCRIPTED, "input": "x",
+                                         "text": {"format": fmt}})
+    err = _error(r, 400)
+    assert str(err["param"]).startswith(param.rsplit(".", 1)[0]), err
+
+
+# --- background: a dropped connection resumes; cancel is idempotent ---------------------
+
+
+def test_a_background_stream_survives_its_client(http: httpx.Client) -> None:
+    # OpenAI's background mode: a dropped stream loses nothing - the response keeps
+    # running and the client resumes with starting_after from the last number it saw.
+    seen: list[dict[str, Any]] = []
+    with http.stream("POST", "/v1/responses", json={
+            "model": SCRIPTED, "stream": True, "background": True,
+            "input": "keep going SLOW 1"}) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                seen.append(json.loads(line[6:]))
+                if len(seen) == 2:
+                    break
+    rid = seen[0]["response"]["id"]
+    assert _settled(http, rid)["status"] == "completed"
+    rest = []
+    with http.stream("GET", f"/v1/responses/{rid}", params={
+            "stream": "true", "starting_after": seen[-1]["sequence_number"]}) as r:
+        assert r.status_code == 200
+        rest = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    numbers = [e["sequence_number"] for e in seen + rest]
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+    assert rest[-1]["type"] == "response.completed"
+    text = "".join(e["delta"] for e in seen + rest if e["type"] == "response.output_text.delta")
+    assert text == "ECHO: keep going SLOW 1"
+
+
+def test_cancel_twice_is_idempotent(http: httpx.Client) -> None:
+    # OpenAI: cancelling again returns the final response (200), no error.
+    bg = http.post("/v1/responses", json={"model": SCRIPTED, "background": True,
+                                          "input": "cancel me SLOW 5"}).json()
+    first = http.post(f"/v1/responses/{bg['id']}/cancel")
+    assert first.status_code == 200 and first.json()["status"] == "cancelled", first.text
+    again = http.post(f"/v1/responses/{bg['id']}/cancel")
+    assert again.status_code == 200 and again.json()["status"] == "cancelled", again.text
+    time.sleep(6)  # past the upstream's delay: the run must not overwrite the cancel
+    assert http.get(f"/v1/responses/{bg['id']}").json()["status"] == "cancelled"
