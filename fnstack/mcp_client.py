@@ -46,6 +46,8 @@ class McpError(UpstreamError):
     def __init__(self, message: str, *, code: str, http_status: int | None = None,
                  rpc_code: int | None = None) -> None:
         super().__init__(message, code=code)
+        if code == "mcp_timeout":
+            self.status = 504  # as UpstreamTimeoutError: we waited, the server did not answer
         # The HTTP status the server (or, for timeouts and refused connections, the
         # gateway role we play: 504, 502) answered; the JSON-RPC error code, if any.
         self.http_status = http_status

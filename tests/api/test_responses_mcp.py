@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from tests.api.conftest import TOOLS_TIMEOUT_S
-from tests.support.mcp_server import TOKEN, McpTestServer, closed_port
+from tests.support.mcp_server import TOKEN, HangingServer, McpTestServer, closed_port
 from tests.support.scripted_llm import MODEL as SCRIPTED
 from tests.support.scripted_llm import ScriptedLLM
 
@@ -211,6 +211,18 @@ def test_server_down_fails_the_response_clearly(client: openai.OpenAI) -> None:
     assert info.value.status_code == 502
     message = info.value.body["message"] if isinstance(info.value.body, dict) else ""
     assert "cannot list the server's tools" in message and "unreachable" in message
+
+
+def test_hanging_server_fails_the_response_at_the_deadline(client: openai.OpenAI) -> None:
+    with HangingServer() as hanging:
+        started = time.monotonic()
+        with pytest.raises(openai.APIStatusError) as info:
+            client.responses.create(model=SCRIPTED, input="hi",
+                                    tools=[mcp(hanging.url, require_approval="never")])
+        elapsed = time.monotonic() - started
+    assert TOOLS_TIMEOUT_S - 1 < elapsed < TOOLS_TIMEOUT_S + 20
+    assert info.value.status_code == 504
+    assert f"did not answer within {TOOLS_TIMEOUT_S} s" in str(info.value.body)
 
 
 def test_server_down_streamed_fails_with_the_list_item(client: openai.OpenAI) -> None:

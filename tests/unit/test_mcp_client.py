@@ -72,7 +72,7 @@ async def test_slow_tool_times_out(url: str) -> None:
         await call_tool(url, None, "slow", {"seconds": 10}, timeout=1.0)
     elapsed = time.monotonic() - started
     assert elapsed < 3, elapsed
-    assert info.value.code == "mcp_timeout"
+    assert info.value.code == "mcp_timeout" and info.value.status == 504
     assert "did not answer within 1 s" in info.value.message
 
 
