@@ -39,6 +39,7 @@ __all__ = [
     "Response",
     "ResponseDeleted",
     "ResponseError",
+    "ResponseList",
     "ResponseStatus",
     "ResponseUsage",
     "TextConfig",
@@ -217,18 +218,19 @@ class CreateResponseRequest(_Request):
 
     input: str | list[dict[str, Any]] | None = None
     model: str | None = None
-    background: bool | None = None
+    # Booleans are strict: "yes" is a 400, never coerced.
+    background: bool | None = Field(default=None, strict=True)
     conversation: str | ConversationParam | None = None
     include: list[str] | None = None
     instructions: str | None = None
     max_output_tokens: int | None = Field(default=None, ge=1, strict=True)
     max_tool_calls: int | None = Field(default=None, ge=1, strict=True)
     metadata: Metadata | None = None
-    parallel_tool_calls: bool | None = None
+    parallel_tool_calls: bool | None = Field(default=None, strict=True)
     previous_response_id: str | None = None
     prompt: PromptParam | None = None
-    store: bool | None = None
-    stream: bool | None = None
+    store: bool | None = Field(default=None, strict=True)
+    stream: bool | None = Field(default=None, strict=True)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     text: TextConfig | None = None
     tool_choice: str | dict[str, Any] | None = None
@@ -310,6 +312,16 @@ class ResponseDeleted(_Wire):
     id: str
     object: Literal["response"] = "response"
     deleted: bool = True
+
+
+class ResponseList(_Wire):
+    """Llama Stack's ``GET /v1/responses``: the caller's stored responses."""
+
+    object: Literal["list"] = "list"
+    data: list[Response]
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool = False
 
 
 class InputItemList(_Wire):

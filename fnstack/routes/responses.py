@@ -12,7 +12,12 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
-from fnstack.api.responses import CreateResponseRequest, InputItemList, ResponseDeleted
+from fnstack.api.responses import (
+    CreateResponseRequest,
+    InputItemList,
+    ResponseDeleted,
+    ResponseList,
+)
 from fnstack.routes import json_response, principal, service
 from fnstack.services.responses import ResponsesService
 from fnstack.services.responses_stream import sse
@@ -46,6 +51,16 @@ async def create_response(body: CreateResponseRequest, request: Request) -> Resp
         return _response_json(result)
     return StreamingResponse(sse(result), media_type="text/event-stream",
                              headers=_SSE_HEADERS)
+
+
+@router.get("/v1/responses", response_model=ResponseList)
+async def list_responses(request: Request, after: str | None = None,
+                         limit: int = Query(default=50), model: str | None = None,
+                         order: Literal["asc", "desc"] = "desc") -> Response:
+    """Llama Stack's listing of the caller's stored responses (not in OpenAI's API)."""
+    svc = await _svc(request)
+    return _response_json(await svc.list_responses(principal(request), after=after,
+                                                    limit=limit, order=order, model=model))
 
 
 @router.get("/v1/responses/{response_id}", response_model=None)

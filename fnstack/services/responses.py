@@ -36,7 +36,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter
 
@@ -47,6 +47,7 @@ from fnstack.api.responses import (
     InputItemList,
     Response,
     ResponseDeleted,
+    ResponseList,
 )
 from fnstack.errors import (
     ConflictError,
@@ -129,7 +130,7 @@ class ResponsesService(Service):
             if check is not None:
                 await check(tool, f"tools[{n}]", user, self.service)
         choice = _tool_choice(request.tool_choice, tools)
-        await self.models.resolve(request.model, user)  # 404 for a model it may not use
+        entry = await self.models.resolve(request.model, user)  # 404 for a model it may not use
 
         prompt_text: str | None = None
         if request.prompt is not None:
@@ -145,11 +146,19 @@ class ResponsesService(Service):
         if conversation_id:
             await self._need("conversations", "conversation").get(conversation_id, user)
         if request.previous_response_id:
-            await self._get(request.previous_response_id, user, "previous_response_id")
+            prev = await self._get(request.previous_response_id, user, "previous_response_id")
+            status = prev.value["response"]["status"]
+            if status in ("queued", "in_progress"):
+                raise InvalidRequestError(
+                    f"response {request.previous_response_id!r} is still {status}: its output "
+                    "is not known yet; continue from it once it has finished",
+                    param="previous_response_id", code="response_not_finished")
         context = await self._context(request.previous_response_id, conversation_id, user)
         items = validate_input(request.input, context)
         if not items and prompt_text is None:
             raise InvalidRequestError("input is required", param="input")
+        if self._text_only(entry):
+            _refuse_images(request.model, items)
 
         rid = self.records.new_id()
         response: dict[str, Any] = Response.model_validate(dict(
@@ -182,10 +191,23 @@ class ResponsesService(Service):
 
         run = self._run(response, state, [*context, *items], user, Events())
         if request.stream:
+            if store:
+                # Stored (in_progress) before the first event: the id a client reads in
+                # response.created is never a 404, whenever the client leaves.
+                await self._save(run, items, store, first=True)
             return self._stream(run, items, store)
         await run.run()
-        await self._save(run, items, store)
+        await self._save(run, items, store, first=True)
         return _view(run.response)
+
+    def _text_only(self, entry: Any) -> bool:
+        """Whether the model reads text only: its metadata says so (``input_modalities``
+        without ``image``), or it is the bundled model (inline::reference, a text LLM)."""
+        modalities = entry.metadata.get("input_modalities")
+        if isinstance(modalities, list):
+            return "image" not in modalities
+        spec = getattr(self.models, "_specs", {}).get(entry.provider_id)
+        return getattr(spec, "provider_type", "") == "inline::reference"
 
     def _need(self, name: str, param: str) -> Any:
         svc = self.service(name)
@@ -221,18 +243,21 @@ class ResponsesService(Service):
 
         run.events.sinks.append(sink)
 
+        settled = False
+
         async def work() -> None:
+            nonlocal settled
             try:
                 await run.run()
-                await self._save(run, items, store)
             except FnstackError as exc:
                 err = exc.to_dict()["error"]
                 await run.fail(err["code"] or err["type"], err["message"])
-                await self._save(run, items, store)
             except Exception:
                 log.exception("response run failed", extra={"response_id": run.response_id})
                 await run.fail("server_error", "the response failed; retry")
+            try:
                 await self._save(run, items, store)
+                settled = True
             finally:
                 await queue.put(None)
 
@@ -252,8 +277,17 @@ class ResponsesService(Service):
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+            if store and not settled:
+                # The client left before the end: the run stops (the model with it) and
+                # the stored response settles as cancelled, never stuck in_progress.
+                run.response.update(status="cancelled", usage=run.usage)
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._save(run, items, store))
 
-    async def _save(self, run: Run, items: list[dict[str, Any]], store: bool) -> None:
+    async def _save(self, run: Run, items: list[dict[str, Any]], store: bool,
+                    first: bool = False) -> None:
+        """Store the response (``first``: with its input items, as a new record); a
+        finished one in a conversation appends its turn there first."""
         response = run.response
         conv = (response.get("conversation") or {}).get("id")
         if conv and response["status"] in ("completed", "incomplete"):
@@ -261,9 +295,12 @@ class ResponsesService(Service):
                 conv, [*items, *response["output"]], run.user)
         if not store:
             return
-        await self.kv.put(f"resp_in:{run.response_id}", {"items": items}, owner=run.user)
-        await self.records.create(run.response_id, {"response": response, "state": run.state},
-                                  run.user)
+        value = {"response": response, "state": run.state}
+        if first:
+            await self.kv.put(f"resp_in:{run.response_id}", {"items": items}, owner=run.user)
+            await self.records.create(run.response_id, value, run.user)
+        else:
+            await self.kv.put(f"resp:{run.response_id}", value, owner=run.user)
 
     async def _context(self, previous: str | None, conversation: str | None, user: Owner
                        ) -> list[dict[str, Any]]:
@@ -307,6 +344,18 @@ class ResponsesService(Service):
             return rec is None or rec.value["response"]["status"] in TERMINAL
 
         return replay(EventLog(self.kv, rid), starting_after, finished)
+
+    async def list_responses(self, user: Owner, *, after: str | None, limit: int,
+                             order: Literal["asc", "desc"], model: str | None
+                             ) -> ResponseList:
+        if not 1 <= limit <= 100:
+            raise InvalidRequestError("limit must be between 1 and 100", param="limit")
+        page = await self.records.list(
+            user, after=after, limit=limit, order=order,
+            where=None if model is None else (lambda v: v["response"]["model"] == model))
+        data = [_view(r.value["response"], []) for r in page.records]
+        return ResponseList(data=data, first_id=data[0].id if data else None,
+                            last_id=data[-1].id if data else None, has_more=page.has_more)
 
     async def delete(self, rid: str, user: Owner) -> ResponseDeleted:
         rec = await self._get(rid, user)
@@ -376,10 +425,15 @@ class ResponsesService(Service):
         while True:
             page = await self.kv.list("resp:", limit=1000, after=cursor)
             for r in page.records:
-                if r.value["response"]["status"] in ("queued", "in_progress") and \
-                        r.value["response"].get("background") and self.jobs is not None:
-                    await self.jobs.submit("responses.run", {"response_id": r.value[
-                        "response"]["id"], "reclaim": True})
+                response = r.value["response"]
+                if response["status"] not in ("queued", "in_progress"):
+                    continue
+                if response.get("background") and self.jobs is not None:
+                    await self.jobs.submit("responses.run", {"response_id": response["id"],
+                                                             "reclaim": True})
+                elif not response.get("background"):
+                    # A stream a killed server was running: it never ends now.
+                    await mutate(self.kv, r.key, _stopped)
             if not page.has_more:
                 return
             cursor = page.last_cursor
@@ -409,6 +463,25 @@ class ResponsesService(Service):
             raise ServiceUnavailableError(f"{rid} was claimed concurrently") from None
 
 
+def _stopped(v: dict[str, Any]) -> dict[str, Any] | None:
+    if v["response"]["status"] not in ("queued", "in_progress"):
+        return None
+    error = {"code": "server_error", "message": "the server stopped while the response ran"}
+    return {**v, "response": {**v["response"], "status": "failed", "error": error}}
+
+
+def _refuse_images(model: str, items: list[dict[str, Any]]) -> None:
+    for i, item in enumerate(items):
+        if item.get("type") != "message" or not isinstance(item.get("content"), list):
+            continue
+        for j, part in enumerate(item["content"]):
+            if part.get("type") == "input_image":
+                raise InvalidRequestError(
+                    f"model {model!r} reads text only and cannot take image input; send text, "
+                    "or use a model with vision", param=f"input[{i}].content[{j}]",
+                    code="unsupported_value")
+
+
 def _tool_choice(choice: str | dict[str, Any] | None, tools: list[dict[str, Any]]
                  ) -> str | dict[str, Any]:
     if choice is None:
@@ -429,12 +502,34 @@ def _tool_choice(choice: str | dict[str, Any] | None, tools: list[dict[str, Any]
                 f"tool_choice names function {choice.get('name')!r}, which is not among the "
                 "tools", param="tool_choice.name")
     elif kind == "allowed_tools":
-        pass
+        if choice.get("mode", "auto") not in ("auto", "required"):
+            raise InvalidRequestError("tool_choice.mode must be 'auto' or 'required'",
+                                      param="tool_choice.mode", code="invalid_value")
+        allowed = choice.get("tools")
+        if not isinstance(allowed, list) or not allowed:
+            raise InvalidRequestError("tool_choice.tools must list at least one tool",
+                                      param="tool_choice.tools")
+        for n, want in enumerate(allowed):
+            if not isinstance(want, dict) or not any(_matches(want, t) for t in tools):
+                raise InvalidRequestError(
+                    f"tool_choice.tools[{n}] names a tool that is not among the tools",
+                    param=f"tool_choice.tools[{n}]")
     elif not any(t["type"] == kind or (kind == "web_search_preview" and
                                        t["type"].startswith("web_search")) for t in tools):
         raise InvalidRequestError(f"tool_choice {kind!r} names a tool type the request does "
                                   "not define", param="tool_choice")
     return choice
+
+
+def _matches(want: dict[str, Any], tool: dict[str, Any]) -> bool:
+    """Whether an ``allowed_tools`` entry names ``tool`` (by type, and name / label)."""
+    if want.get("type") != tool["type"]:
+        return False
+    if tool["type"] == "function":
+        return bool(want.get("name") == tool["name"])
+    if tool["type"] == "mcp":
+        return bool(want.get("server_label") == tool.get("server_label"))
+    return True
 
 
 def _view(value: dict[str, Any], include: list[str] | None = None) -> Response:

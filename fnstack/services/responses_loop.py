@@ -154,6 +154,7 @@ class Run:
         self.read_file = read_file
         self._checkpoint = checkpoint
         self.toolsets: list[ToolSet] = []
+        self.toolset_types: list[set[str]] = []  # the tool types each toolset serves
         self.usage = response.get("usage") or {
             "input_tokens": 0, "input_tokens_details": {"cached_tokens": 0},
             "output_tokens": 0, "output_tokens_details": {"reasoning_tokens": 0},
@@ -249,19 +250,34 @@ class Run:
             seen.add(id(tool))
             same = [d for k, ds in groups.items() if by_type[k] is tool for d in ds]
             self.toolsets.append(await tool.prepare(same, self))
+            self.toolset_types.append({k for k in groups if by_type[k] is tool})
 
     def _owner(self, name: str) -> ToolSet | None:
         return next((t for t in self.toolsets if t.handles(name)), None)
 
+    def _allowed(self) -> list[dict[str, Any]] | None:
+        """The ``allowed_tools`` of the tool choice: the only tools the model is offered."""
+        choice = self.response.get("tool_choice")
+        if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+            allowed: list[dict[str, Any]] = choice.get("tools") or []
+            return allowed
+        return None
+
     def _chat_tools(self) -> list[dict[str, Any]]:
+        allowed = self._allowed()
+        names = None if allowed is None else {
+            a.get("name") for a in allowed if a.get("type") == "function"}
+        kinds = None if allowed is None else {a.get("type") for a in allowed}
         tools = [{"type": "function", "function": {
             "name": t["name"], "description": t.get("description"),
             "parameters": t.get("parameters")}}
-            for t in self.response.get("tools") or [] if t["type"] == "function"]
+            for t in self.response.get("tools") or []
+            if t["type"] == "function" and (names is None or t["name"] in names)]
         limit = self.response.get("max_tool_calls")
         if limit is None or self.state["tool_calls"] < limit:
-            for toolset in self.toolsets:
-                tools += toolset.functions()
+            for toolset, types in zip(self.toolsets, self.toolset_types, strict=True):
+                if kinds is None or kinds & types:
+                    tools += toolset.functions()
         return tools
 
     def _tool_choice(self, tools: list[dict[str, Any]]) -> Any:
@@ -274,6 +290,8 @@ class Run:
             return "auto"
         if isinstance(choice, str):
             return choice
+        if choice.get("type") == "allowed_tools":
+            return choice.get("mode", "auto")
         if choice.get("type") == "function":
             return {"type": "function", "function": {"name": choice.get("name")}}
         for toolset in self.toolsets:

@@ -124,8 +124,9 @@ async def test_a_background_response_resumes_step_by_step(stack: Stack, llm: Scr
     assert not isinstance(created, AsyncIterator)
     assert created.status == "queued"
     await stack.jobs.join()
-    # One job run per step: call_model, run_tools, call_model (then finish).
-    assert len(submitted) == 3
+    # The first run stopped after its model call at least (the tool step may fit in the
+    # millisecond): resumed from a checkpoint.
+    assert len(submitted) >= 2 and submitted[1].get("reclaim")
 
     done = await svc.get(created.id, ALICE)
     assert done.status == "completed", done.error
