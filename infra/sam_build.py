@@ -6,11 +6,17 @@ what refers to it) left out, code paths made absolute. Run it with the Python th
 aws-sam-cli (``.venv-sam/bin/python infra/sam_build.py``); python3.12 must be on PATH.
 
 With Docker, build everything the usual way: ``sam build`` (then ``sam deploy``).
+
+The architecture: ``--parameter-overrides Architecture=arm64`` (or ``LAYER_ARCH=arm64``)
+builds the layer's wheels for arm64 (layers/Makefile reads LAYER_ARCH: sam build tells
+make no architecture). A plain ``sam build`` needs ``LAYER_ARCH=arm64`` set by hand.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,12 +48,28 @@ def zip_only(template: dict[str, Any], root: Path) -> dict[str, Any]:
     return out
 
 
+def architecture(argv: list[str], env: dict[str, str]) -> str:
+    """x86_64 or arm64: the Architecture parameter override, else LAYER_ARCH."""
+    found = re.search(r"(?:Architecture=|ParameterKey=Architecture,ParameterValue=)(\w+)",
+                      " ".join(argv))
+    arch = found.group(1) if found else env.get("LAYER_ARCH") or "x86_64"
+    if arch not in ("x86_64", "arm64"):
+        raise SystemExit(f"Architecture {arch!r}: use x86_64 or arm64")
+    return arch
+
+
 def main() -> int:
     from samtranslator.yaml_helper import yaml_parse
 
     template = yaml_parse((ROOT / "template.yaml").read_text())
+    arch = architecture(sys.argv[1:], dict(os.environ))
+    os.environ["LAYER_ARCH"] = arch
+    bundle = zip_only(template, ROOT)
+    for resource in bundle["Resources"].values():
+        if resource.get("Metadata", {}).get("BuildMethod") == "makefile":
+            resource["Metadata"]["BuildArchitecture"] = arch
     ZIP_TEMPLATE.parent.mkdir(parents=True, exist_ok=True)
-    ZIP_TEMPLATE.write_text(json.dumps(zip_only(template, ROOT), indent=2))
+    ZIP_TEMPLATE.write_text(json.dumps(bundle, indent=2))
     sam = Path(sys.executable).with_name("sam")
     cmd = [str(sam), "build", "--template-file", str(ZIP_TEMPLATE),
            "--build-dir", str(BUILD_DIR), "--parallel", *sys.argv[1:]]
