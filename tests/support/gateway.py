@@ -18,6 +18,7 @@ the gateway's process.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 from collections.abc import Iterator, Mapping
@@ -38,16 +39,24 @@ IMAGE_PREFIX = "/image"
 
 
 def ensure_built() -> Path:
-    """.aws-sam/build, built when missing or stale, with the working tree's own code."""
+    """.aws-sam/build, built when missing or stale, with the working tree's own code.
+
+    Test sessions running side by side take turns (a lock file): one builds or
+    refreshes, the others wait and then find it current."""
     from fnstack_dev.bundle import layer_stamp, refresh_code
 
-    stamp = BUILD_DIR / ".fnstack-layer-stamp"
-    fresh = (BUILD_DIR / "template.yaml").is_file() and stamp.is_file() \
-        and stamp.read_text() == layer_stamp(ROOT)
-    if not fresh:
-        subprocess.run(["bash", str(ROOT / ".ci" / "serverless.sh"), "--build"], cwd=ROOT,
-                       check=True)
-    refresh_code(ROOT, BUILD_DIR)
+    BUILD_DIR.parent.mkdir(parents=True, exist_ok=True)
+    with open(BUILD_DIR.parent / ".fnstack-build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        stamp = BUILD_DIR / ".fnstack-layer-stamp"
+        # (a layer without its third-party part is a build that went wrong)
+        fresh = (BUILD_DIR / "template.yaml").is_file() and stamp.is_file() \
+            and stamp.read_text() == layer_stamp(ROOT) \
+            and (BUILD_DIR / "ProviderLayer" / "python" / "fastapi").is_dir()
+        if not fresh:
+            subprocess.run(["bash", str(ROOT / ".ci" / "serverless.sh"), "--build"],
+                           cwd=ROOT, check=True)
+        refresh_code(ROOT, BUILD_DIR)
     return BUILD_DIR
 
 
