@@ -322,9 +322,25 @@ async def _drain(parts: AsyncIterator[bytes]) -> None:
 class OpenAICompatProvider:
     """Inference through an OpenAI-compatible HTTP API."""
 
-    def __init__(self, config: OpenAICompatConfig, client: httpx.AsyncClient) -> None:
+    def __init__(
+        self,
+        config: OpenAICompatConfig,
+        client: httpx.AsyncClient,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.config = config
         self._client = client
+        # With the client's own transport in hand, requests go straight to it: what
+        # AsyncClient.send adds per request (URL merging, a cookie jar, auth and redirect
+        # flows, none of which a relay uses) cost more than the lean transport itself.
+        # Without (httpx's default transport, e.g. behind an environment proxy), the
+        # client sends as usual.
+        self._transport = transport
+        self._urls: dict[str, httpx.URL] = {}
+        self._headers = httpx.Headers(client.headers)
+        self._json_headers = httpx.Headers(client.headers)
+        self._json_headers.update(_JSON_HEADERS)
+        self._extensions = {"timeout": client.timeout.as_dict()}
         # For messages and logs only (the client keeps the real one): no credentials.
         self._base_url = scrub_url(config.base_url)
 
@@ -411,14 +427,12 @@ class OpenAICompatProvider:
         The body is not read here, so retries end at the response headers: a caller
         reading a stream has had bytes relayed, and nothing is ever sent twice then.
         """
-        request = self._client.build_request(
-            method, path, content=body, headers=_JSON_HEADERS if body is not None else None
-        )
+        request = self._request(method, path, body)
         attempt = 0
         with _map_transport_errors(self._base_url):
             while True:
                 try:
-                    response = await self._client.send(request, stream=True)
+                    response = await self._send_once(request)
                 except _RETRY_EXCEPTIONS as exc:
                     delay = self._delay(attempt, None)
                     if delay is None:
@@ -439,6 +453,29 @@ class OpenAICompatProvider:
                     logger.info("retrying %s %s in %.2fs: status %d", method, path, delay, status)
                 await asyncio.sleep(delay)
                 attempt += 1
+
+    def _request(self, method: str, path: str, body: bytes | None) -> httpx.Request:
+        if self._transport is None:
+            return self._client.build_request(
+                method, path, content=body, headers=_JSON_HEADERS if body is not None else None
+            )
+        url = self._urls.get(path)
+        if url is None:
+            # As the client merges: relative to base_url's path, a leading "/" included.
+            url = self._urls[path] = self._client.base_url.join(path.lstrip("/"))
+        return httpx.Request(
+            method, url, content=body, extensions=self._extensions,
+            headers=self._json_headers if body is not None else self._headers,
+        )
+
+    async def _send_once(self, request: httpx.Request) -> httpx.Response:
+        if self._transport is None:
+            return await self._client.send(request, stream=True)
+        if self._client.is_closed:
+            raise RuntimeError("the provider is shut down")
+        response = await self._transport.handle_async_request(request)
+        response.request = request
+        return response
 
     def _delay(self, attempt: int, retry_after: float | None) -> float | None:
         """Seconds before the next try, or None when we should give up now."""
@@ -483,16 +520,17 @@ async def _create(config: OpenAICompatConfig, context: ProviderContext) -> OpenA
         max_connections=config.max_connections,
         max_keepalive_connections=config.max_connections,
     )
+    # A fraction of httpcore's CPU per request under concurrency (see _http.py); None
+    # (no httptools, or a proxy in the environment): httpx's own transport.
+    transport = transport_for(limits)
     client = httpx.AsyncClient(
         base_url=config.base_url + "/",
         headers=headers,
         timeout=httpx.Timeout(config.timeout, connect=config.connect_timeout),
         limits=limits,
-        # A fraction of httpcore's CPU per request under concurrency (see _http.py);
-        # None (no httptools, or a proxy in the environment): httpx's own transport.
-        transport=transport_for(limits),
+        transport=transport,
     )
-    return OpenAICompatProvider(config, client)
+    return OpenAICompatProvider(config, client, transport)
 
 
 spec = ProviderSpec(
