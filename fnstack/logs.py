@@ -47,7 +47,8 @@ def lambda_fields(
         "service": env.get("POWERTOOLS_SERVICE_NAME"),
         "function_name": env.get("AWS_LAMBDA_FUNCTION_NAME"),
         "function_version": env.get("AWS_LAMBDA_FUNCTION_VERSION"),
-        "function_memory_size": env.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE"),
+        "function_memory_size": int(memory) if (
+            memory := env.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "")).isdigit() else None,
         "function_arn": function_arn,
         "function_request_id": request_id,
         "cold_start": _cold_start,

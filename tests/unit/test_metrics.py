@@ -218,3 +218,47 @@ def test_log_lines_of_an_invocation_carry_the_lambda_context(
     assert first["records"] == 1 and first["message"] == "working"
     assert second["cold_start"] is False
     assert "function_request_id" not in outside
+
+
+async def test_under_the_web_adapter_the_context_comes_from_its_header(
+    http: httpx.AsyncClient, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    header = json.dumps({
+        "request_id": "0b5e3f4a-1111-2222-3333-444455556666", "deadline": 1,
+        "invoked_function_arn": "arn:aws:lambda:us-east-1:1:function:inference",
+        "xray_trace_id": "Root=1-67891233-abcdef012345678912345678;Parent=1;Sampled=1"})
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    app_log = logging.getLogger("fnstack.app")
+    app_log.addHandler(handler)
+    try:
+        # Off Lambda the header is anybody's: ignored.
+        capsys.readouterr()
+        r = await http.post("/v1/chat/completions", json=chat,
+                            headers={"x-amzn-lambda-context": header})
+        assert r.status_code == 200
+        (doc,) = emf_documents(capsys.readouterr().out)
+        assert "function_request_id" not in doc
+        monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "fnstack-InferenceFunction")
+        monkeypatch.setenv("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "3008")
+        r = await http.post("/v1/chat/completions", json=chat,
+                            headers={"x-amzn-lambda-context": header})
+        assert r.status_code == 200
+        (doc,) = emf_documents(capsys.readouterr().out)
+    finally:
+        app_log.removeHandler(handler)
+    ignored, used = (json.loads(line) for line in stream.getvalue().splitlines()
+                     if '"message": "request"' in line)
+    assert "function_request_id" not in ignored
+    assert used["function_request_id"] == "0b5e3f4a-1111-2222-3333-444455556666"
+    assert used["function_arn"] == "arn:aws:lambda:us-east-1:1:function:inference"
+    assert used["function_name"] == "fnstack-InferenceFunction"
+    assert used["function_memory_size"] == 3008
+    assert used["xray_trace_id"] == "1-67891233-abcdef012345678912345678"
+    # The metrics carry the same ids: a metric's log line leads to its request's logs.
+    assert doc["function_request_id"] == used["function_request_id"]
+    assert doc["xray_trace_id"] == used["xray_trace_id"]
+    assert doc["request_id"] == used["request_id"]
