@@ -440,3 +440,94 @@ def test_cancel_twice_is_idempotent(http: httpx.Client) -> None:
     assert again.status_code == 200 and again.json()["status"] == "cancelled", again.text
     time.sleep(6)  # past the upstream's delay: the run must not overwrite the cancel
     assert http.get(f"/v1/responses/{bg['id']}").json()["status"] == "cancelled"
+
+
+def test_a_conversation_deleted_under_a_plain_response(http: httpx.Client) -> None:
+    conv = http.post("/v1/conversations", json={}).json()["id"]
+    with httpx.Client(base_url=str(http.base_url), headers=dict(http.headers),
+                      timeout=60) as other:
+        timer = threading.Timer(0.8, lambda: other.delete(f"/v1/conversations/{conv}"))
+        timer.start()
+        r = http.post("/v1/responses", json={"model": SCRIPTED, "conversation": conv,
+                                             "input": "plain into the void SLOW 2"})
+        timer.join()
+    # Either the response settled and is readable, or a clean 404 naming the
+    # conversation; the conversation stays deleted either way.
+    if r.status_code == 200:
+        assert r.json()["status"] in TERMINAL
+        assert http.get(f"/v1/responses/{r.json()['id']}").status_code == 200
+    else:
+        _error(r, 404, "conversation")
+    assert http.get(f"/v1/conversations/{conv}/items").status_code == 404
+
+
+# --- what reaches the model ----------------------------------------------------------
+
+
+def _upstream_after(scripted_llm: Any, seen: int, marker: str) -> dict[str, Any]:
+    sent = [q for q in scripted_llm.requests[seen:] if marker in json.dumps(q["messages"])]
+    assert sent, f"no upstream request carried {marker!r}"
+    return dict(sent[0])
+
+
+@pytest.mark.parametrize(("n", "choice", "upstream"), [
+    (1, "none", "none"), (2, "required", "required"),
+    (3, {"type": "function", "name": "get_weather"},
+     {"type": "function", "function": {"name": "get_weather"}}),
+])
+def test_tool_choice_reaches_the_model(http: httpx.Client, scripted_llm: Any, n: int,
+                                       choice: Any, upstream: Any) -> None:
+    marker = f"choice-{n}-{time.monotonic_ns()}"
+    seen = len(scripted_llm.requests)
+    r = http.post("/v1/responses", json={"model": SCRIPTED, "input": marker,
+                                         "tools": [WEATHER], "tool_choice": choice})
+    assert r.status_code == 200, r.text
+    sent = _upstream_after(scripted_llm, seen, marker)
+    # "none" may also be honoured by sending no tools at all.
+    assert sent.get("tool_choice") == upstream or (choice == "none" and not sent.get("tools"))
+
+
+def test_parallel_tool_calls_false_reaches_the_model(http: httpx.Client,
+                                                     scripted_llm: Any) -> None:
+    seen = len(scripted_llm.requests)
+    r = http.post("/v1/responses", json={
+        "model": SCRIPTED, "tools": [WEATHER], "parallel_tool_calls": False,
+        "input": 'serial\nCALL get_weather {"city": "A"}\nCALL get_weather {"city": "B"}'})
+    assert r.status_code == 200, r.text
+    sent = _upstream_after(scripted_llm, seen, "serial")
+    # OpenAI: at most one tool call per turn. The model is told; if it still answers two,
+    # the response hands back at most one.
+    calls = [i for i in r.json()["output"] if i["type"] == "function_call"]
+    assert sent.get("parallel_tool_calls") is False or len(calls) <= 1, (sent, calls)
+    assert len(calls) <= 1, calls
+
+
+def test_max_output_tokens_cut_is_incomplete(api: LiveApi, http: httpx.Client) -> None:
+    # OpenAI: the budget reached is status "incomplete", reason "max_output_tokens".
+    r = http.post("/v1/responses", json={"model": models_of(api)["reference"],
+                                         "input": "Count from 1 to 100.",
+                                         "max_output_tokens": 1, "temperature": 0})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["status"] == "incomplete", body
+    assert body["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert body["usage"]["output_tokens"] == 1
+
+
+def test_input_over_the_context_window(api: LiveApi, http: httpx.Client) -> None:
+    # OpenAI: with truncation "disabled" (the default) an input over the model's context
+    # window is a 400; "auto" drops items from the start of the conversation to fit.
+    model = models_of(api)["reference"]
+    filler = "lorem ipsum dolor sit amet " * 700  # ~3,500 tokens a message
+    items = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"{i} {filler}"}
+             for i in range(8)] + [{"role": "user", "content": "Say hi."}]
+    started = time.monotonic()
+    r = http.post("/v1/responses", json={"model": model, "input": items,
+                                         "max_output_tokens": 2})
+    err = _error(r, 400, "input")  # a Responses request has no "messages"
+    assert err["code"] == "context_length_exceeded", err
+    assert time.monotonic() - started < 60
+    auto = http.post("/v1/responses", json={"model": model, "input": items,
+                                            "max_output_tokens": 2, "truncation": "auto"})
+    assert auto.status_code == 200, (auto.status_code, auto.text[:300])
+    assert auto.json()["status"] in ("completed", "incomplete")
