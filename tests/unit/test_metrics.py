@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -181,6 +183,17 @@ def test_the_sink_follows_the_environment() -> None:
                                         "FNSTACK_METRICS": "off"}), NoMetrics)
     with pytest.raises(ConfigError, match="emf, memory or off"):
         metrics_from_env({"FNSTACK_METRICS": "statsd"})
+
+
+def test_powertools_stays_out_of_the_cold_start() -> None:
+    # A function that builds the inference service (and its EMF sink) at init has not
+    # imported Powertools yet: its first provider call does.
+    code = ("import sys; import fnstack.services.inference; from fnstack.metrics import "
+            "metrics_from_env; metrics_from_env({'AWS_LAMBDA_FUNCTION_NAME': 'f'}); "
+            "print(sorted(m for m in sys.modules if m.startswith('aws_lambda_powertools')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_log_lines_of_an_invocation_carry_the_lambda_context(
