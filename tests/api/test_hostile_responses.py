@@ -32,6 +32,13 @@ PNG = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADU
        "YGD4DwABBAEAwS2OUAAAAABJRU5ErkJggg==")
 
 
+@pytest.fixture
+def reference(api: LiveApi) -> str:
+    """The bundled model; naming this fixture points ``http`` at where it answers (its
+    own function when deployed)."""
+    return models_of(api)["reference"]
+
+
 def _error(r: httpx.Response, status: int, param: str | None = None) -> dict[str, Any]:
     assert r.status_code == status, (r.status_code, r.text[:500])
     err = r.json()["error"]
@@ -128,12 +135,12 @@ def test_max_tool_calls_below_one_is_a_400(http: httpx.Client) -> None:
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_an_image_for_a_text_only_model_is_a_400(api: LiveApi, http: httpx.Client,
+def test_an_image_for_a_text_only_model_is_a_400(reference: str, http: httpx.Client,
                                                  stream: bool) -> None:
     # The bundled model reads text only: OpenAI answers a 400 for an image part sent to
     # a model without vision, before any generation (a stream never starts).
     r = http.post("/v1/responses", json={
-        "model": models_of(api)["reference"], "stream": stream, "max_output_tokens": 4,
+        "model": reference, "stream": stream, "max_output_tokens": 4,
         "input": [{"role": "user", "content": [
             {"type": "input_text", "text": "What is in this picture?"},
             {"type": "input_image", "image_url": PNG}]}]})
@@ -198,11 +205,11 @@ def test_a_stream_the_client_leaves_never_stays_in_progress(api: LiveApi,
     assert done["status"] in TERMINAL
 
 
-def test_the_bundled_model_stops_for_a_client_that_left(api: LiveApi,
+def test_the_bundled_model_stops_for_a_client_that_left(reference: str,
                                                         http: httpx.Client) -> None:
     # A long generation abandoned after its first delta: the engine stops (the stored
     # response settles within seconds, not after the whole budget) and serves the next.
-    model = models_of(api)["reference"]
+    model = reference
     rid = None
     with http.stream("POST", "/v1/responses", json={
             "model": model, "stream": True, "max_output_tokens": 1500, "temperature": 0,
@@ -502,9 +509,9 @@ def test_parallel_tool_calls_false_reaches_the_model(http: httpx.Client,
     assert len(calls) <= 1, calls
 
 
-def test_max_output_tokens_cut_is_incomplete(api: LiveApi, http: httpx.Client) -> None:
+def test_max_output_tokens_cut_is_incomplete(reference: str, http: httpx.Client) -> None:
     # OpenAI: the budget reached is status "incomplete", reason "max_output_tokens".
-    r = http.post("/v1/responses", json={"model": models_of(api)["reference"],
+    r = http.post("/v1/responses", json={"model": reference,
                                          "input": "Count from 1 to 100.",
                                          "max_output_tokens": 1, "temperature": 0})
     assert r.status_code == 200, r.text
@@ -514,20 +521,27 @@ def test_max_output_tokens_cut_is_incomplete(api: LiveApi, http: httpx.Client) -
     assert body["usage"]["output_tokens"] == 1
 
 
-def test_input_over_the_context_window(api: LiveApi, http: httpx.Client) -> None:
-    # OpenAI: with truncation "disabled" (the default) an input over the model's context
-    # window is a 400; "auto" drops items from the start of the conversation to fit.
-    model = models_of(api)["reference"]
+def _over_the_window() -> list[dict[str, Any]]:
     filler = "lorem ipsum dolor sit amet " * 700  # ~3,500 tokens a message
-    items = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"{i} {filler}"}
-             for i in range(8)] + [{"role": "user", "content": "Say hi."}]
+    return [{"role": "user" if i % 2 == 0 else "assistant", "content": f"{i} {filler}"}
+            for i in range(8)] + [{"role": "user", "content": "Say hi."}]
+
+
+def test_input_over_the_context_window_is_a_400(reference: str, http: httpx.Client) -> None:
+    # OpenAI: with truncation "disabled" (the default) an input over the model's context
+    # window is a 400 (code context_length_exceeded), before any generation.
     started = time.monotonic()
-    r = http.post("/v1/responses", json={"model": model, "input": items,
+    r = http.post("/v1/responses", json={"model": reference, "input": _over_the_window(),
                                          "max_output_tokens": 2})
     err = _error(r, 400, "input")  # a Responses request has no "messages"
     assert err["code"] == "context_length_exceeded", err
     assert time.monotonic() - started < 60
-    auto = http.post("/v1/responses", json={"model": model, "input": items,
-                                            "max_output_tokens": 2, "truncation": "auto"})
-    assert auto.status_code == 200, (auto.status_code, auto.text[:300])
-    assert auto.json()["status"] in ("completed", "incomplete")
+
+
+def test_truncation_auto_fits_the_context_window(reference: str, http: httpx.Client) -> None:
+    # OpenAI: "auto" drops input items from the start of the conversation to fit.
+    r = http.post("/v1/responses", json={"model": reference, "input": _over_the_window(),
+                                         "max_output_tokens": 2, "truncation": "auto"})
+    assert r.status_code == 200, (r.status_code, r.text[:300])
+    assert r.json()["status"] in ("completed", "incomplete")
+    assert r.json()["truncation"] == "auto"

@@ -32,8 +32,10 @@ LSC_PYTHON = ROOT / ".venv-lsc" / "bin" / "python"
 LSC_SCRIPT = r"""
 import json, sys, traceback
 from llama_stack_client import LlamaStackClient
-base, key, scripted, reference = sys.argv[1:5]
+base, key, scripted, reference, reference_base = sys.argv[1:6]
 c = LlamaStackClient(base_url=base, api_key=key, max_retries=0, timeout=120)
+# Deployed, the bundled model answers in its own (image) function: /image/v1.
+ref = LlamaStackClient(base_url=reference_base, api_key=key, max_retries=0, timeout=120)
 report, ids = {}, {}
 
 def check(name, fn):
@@ -113,7 +115,7 @@ def conversation():
             "deleted": deleted.deleted}
 
 def reference_plain():
-    r = c.responses.create(model=reference, input="Say hi.", max_output_tokens=8,
+    r = ref.responses.create(model=reference, input="Say hi.", max_output_tokens=8,
                            temperature=0)
     return {"status": r.status, "text": r.output[0].content[0].text if r.output else "",
             "output_tokens": r.usage.output_tokens if r.usage else None}
@@ -138,11 +140,18 @@ def lsc(api: LiveApi) -> dict[str, Any]:
         assert LSC_PYTHON.exists(), f"{LSC_PYTHON} is missing: run scripts/setup.sh --tests"
         done = subprocess.run(
             [str(LSC_PYTHON), "-c", LSC_SCRIPT, api.base_url.removesuffix("/v1"), api.key,
-             SCRIPTED, models_of(api)["reference"]],
+             SCRIPTED, models_of(api)["reference"],
+             (api.reference_url or api.base_url).removesuffix("/v1")],
             capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-4000:]
         _LSC[api.base_url] = json.loads(done.stdout.strip().splitlines()[-1])
     return _LSC[api.base_url]
+
+
+@pytest.fixture
+def reference(api: LiveApi) -> str:
+    """The bundled model; naming this fixture points ``client`` at where it answers."""
+    return models_of(api)["reference"]
 
 
 def _ok(report: dict[str, Any], name: str) -> Any:
@@ -311,11 +320,11 @@ def test_include_input_image_url_shows_the_image(client: openai.OpenAI) -> None:
     assert image.image_url == url  # type: ignore[union-attr]
 
 
-def test_reference_model_through_the_stream_helper(api: LiveApi,
+def test_reference_model_through_the_stream_helper(reference: str,
                                                    client: openai.OpenAI) -> None:
     # get_final_response() wants response.completed; a budget cut ends in
     # response.incomplete, so the last event's response is the final one.
-    with client.responses.stream(model=models_of(api)["reference"], input="Say hi.",
+    with client.responses.stream(model=reference, input="Say hi.",
                                  max_output_tokens=8, temperature=0) as stream:
         events = list(stream)
     deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
