@@ -59,3 +59,13 @@ PATH="$(dirname "$PY312"):$PATH" "$SAM_VENV/bin/python" infra/sam_build.py
 
 echo "== layer budget"
 "$VENV/bin/python" infra/check_layer_size.py .aws-sam/build
+
+if [ "$BUILD_ONLY" = 0 ]; then
+# Architecture=arm64 builds the same layer from aarch64 wheels (layers/Makefile
+# LAYER_ARCH): each must exist, or the arm64 build would fail at deploy time.
+echo "== arm64: every layer wheel exists for aarch64 (resolution only, nothing installed)"
+"$PY312" -m pip install --dry-run --quiet --disable-pip-version-check --ignore-installed \
+  --target "$(mktemp -d)" --platform manylinux_2_34_aarch64 --platform manylinux_2_28_aarch64 \
+  --platform manylinux2014_aarch64 --implementation cp --python-version 3.12 \
+  --only-binary=:all: -r layers/requirements.txt
+fi
