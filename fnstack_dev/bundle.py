@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -77,6 +78,10 @@ def layer_stamp(root: Path) -> str:
     for path in (root / "layers" / "requirements.txt", root / "layers" / "Makefile",
                  root / "infra" / "prebuild_models.py"):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    # An arm64 layer (LAYER_ARCH=arm64, for deploying) is never current for the emulator,
+    # which runs x86_64 here: its native wheels would not load.
+    if os.environ.get("LAYER_ARCH", "x86_64") != "x86_64":
+        digest.update(b"LAYER_ARCH=" + os.environ["LAYER_ARCH"].encode())
     return digest.hexdigest()
 
 
