@@ -8,14 +8,16 @@ stream with an error event, never a hang.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from pydantic import BaseModel
+from starlette.types import Receive, Scope, Send
 
 from fnstack.api.inference import (
     Completion,
@@ -32,6 +34,8 @@ router = APIRouter(tags=["inference"])
 log = logging.getLogger("fnstack.routes.inference")
 
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+# A stream's last event: the response sends it with the end of the body, in one write.
+DONE = b"data: [DONE]\n\n"
 
 
 async def _inference(request: Request) -> InferenceService:
@@ -70,18 +74,69 @@ async def _sse(first: BaseModel, rest: AsyncIterator[Any]) -> AsyncIterator[byte
         aclose = getattr(rest, "aclose", None)
         if aclose is not None:
             await aclose()
-    yield b"data: [DONE]\n\n"
+    yield DONE
 
 
-async def stream_response(result: AsyncIterator[Any]) -> StreamingResponse:
+class SSEResponse(Response):
+    """Starlette's StreamingResponse for event streams, with plain asyncio where it
+    uses anyio.
+
+    Under uvicorn (ASGI spec 2.3) StreamingResponse watches for the client hanging up
+    with an anyio task group, a cancel scope and an event per response: a tenth of a
+    relayed stream's CPU. Here the watcher is one asyncio task that cancels the request
+    task on ``http.disconnect`` (the stream's ``finally`` blocks then close the upstream
+    request, as before), and the cancellation it caused ends the response quietly.
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(self, events: AsyncIterator[bytes]) -> None:
+        self.events = events
+        self.status_code = 200
+        self.background = None
+        self.init_headers(_SSE_HEADERS)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        gone = False
+
+        async def listen() -> None:
+            nonlocal gone
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone = True
+            task.cancel()
+
+        watcher = asyncio.create_task(listen())
+        try:
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": self.raw_headers})
+            last = b""
+            async for part in self.events:
+                if part is DONE:  # nothing follows it: end the body with it
+                    last = part
+                    break
+                await send({"type": "http.response.body", "body": part, "more_body": True})
+            await send({"type": "http.response.body", "body": last, "more_body": False})
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+            task.uncancel()  # ours: the client left, nothing is left to answer
+        finally:
+            watcher.cancel()
+            aclose = getattr(self.events, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
+async def stream_response(result: AsyncIterator[Any]) -> Response:
     iterator = aiter(result)
     try:
         first = await anext(iterator)
     except StopAsyncIteration:
         raise InternalError("the provider ended the stream without any output") from None
-    return StreamingResponse(
-        _sse(first, iterator), media_type="text/event-stream", headers=_SSE_HEADERS
-    )
+    return SSEResponse(_sse(first, iterator))
 
 
 @router.post("/v1/completions", response_model=None)
