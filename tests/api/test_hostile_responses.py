@@ -545,3 +545,87 @@ def test_truncation_auto_fits_the_context_window(reference: str, http: httpx.Cli
     assert r.status_code == 200, (r.status_code, r.text[:300])
     assert r.json()["status"] in ("completed", "incomplete")
     assert r.json()["truncation"] == "auto"
+
+
+# --- deletes that race the run ----------------------------------------------------------------
+
+
+def test_a_background_response_deleted_while_running_stays_deleted(
+    http: httpx.Client,
+) -> None:
+    bg = http.post("/v1/responses", json={"model": SCRIPTED, "background": True,
+                                          "input": "delete me SLOW 2"}).json()
+    d = http.delete(f"/v1/responses/{bg['id']}")
+    assert d.status_code == 200 and d.json()["deleted"] is True, d.text
+    time.sleep(5)  # past the run's end: its last save must not bring the record back
+    assert http.get(f"/v1/responses/{bg['id']}").status_code == 404
+    assert http.get(f"/v1/responses/{bg['id']}/input_items").status_code == 404
+
+
+def test_a_streamed_response_deleted_mid_stream_stays_deleted(http: httpx.Client) -> None:
+    rid = None
+    kinds: list[str] = []
+    with httpx.Client(base_url=str(http.base_url), headers=dict(http.headers),
+                      timeout=60) as other, http.stream("POST", "/v1/responses", json={
+            "model": SCRIPTED, "stream": True, "input": "vanish SLOW 1"}) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                event = json.loads(line[6:])
+                kinds.append(event["type"])
+                if rid is None and "response" in event:
+                    rid = event["response"]["id"]
+                    got = other.delete(f"/v1/responses/{rid}")
+                    # Stored from its first event on (or not yet): deleted, or a 404.
+                    assert got.status_code in (200, 404), got.text
+    assert rid is not None and kinds[-1] == "response.completed", kinds[-3:]
+    time.sleep(1)
+    after = http.get(f"/v1/responses/{rid}")
+    if got.status_code == 200:
+        assert after.status_code == 404, "a deleted response came back when its run ended"
+
+
+def test_store_false_is_never_readable(http: httpx.Client) -> None:
+    for stream in (False, True):
+        r = http.post("/v1/responses", json={"model": SCRIPTED, "input": "ephemeral",
+                                             "store": False, "stream": stream})
+        assert r.status_code == 200, r.text
+        if stream:
+            first = next(line for line in r.text.splitlines() if line.startswith("data: "))
+            rid = json.loads(first[6:])["response"]["id"]
+        else:
+            rid = r.json()["id"]
+            assert r.json()["store"] is False
+        assert http.get(f"/v1/responses/{rid}").status_code == 404
+        assert http.get(f"/v1/responses/{rid}/input_items").status_code == 404
+        _error(http.post("/v1/responses", json={"model": SCRIPTED, "input": "x",
+                                                "previous_response_id": rid}),
+               404, "previous_response_id")
+
+
+def test_concurrent_responses_in_one_conversation_append_whole_turns(
+    http: httpx.Client,
+) -> None:
+    conv = http.post("/v1/conversations", json={}).json()["id"]
+    results: dict[int, int] = {}
+
+    def turn(n: int) -> None:
+        with httpx.Client(base_url=str(http.base_url), headers=dict(http.headers),
+                          timeout=120) as c:
+            results[n] = c.post("/v1/responses", json={
+                "model": SCRIPTED, "conversation": conv,
+                "input": f"turn {n} SLOW 0.3"}).status_code
+
+    threads = [threading.Thread(target=turn, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert set(results.values()) == {200}, results
+    items = http.get(f"/v1/conversations/{conv}/items",
+                     params={"order": "asc", "limit": 100}).json()["data"]
+    texts = [i["content"][0]["text"] for i in items]
+    assert len(texts) == 8, texts
+    # Each turn's input and output sit together: the user's message, then its answer.
+    for k in range(0, 8, 2):
+        assert texts[k + 1] == f"ECHO: {texts[k]}", texts
+    assert sorted(texts[::2]) == [f"turn {n} SLOW 0.3" for n in range(4)]
