@@ -86,7 +86,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self._parser = httptools.HttpResponseParser(self)
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         self._reset()
         self._writable: asyncio.Future[None] | None = None
         self._reading_paused = False
@@ -128,7 +128,7 @@ class _Connection(asyncio.Protocol):
         self._lost(exc)
 
     def pause_writing(self) -> None:
-        self._writable = self._loop.create_future()
+        self._writable = self.loop.create_future()
 
     def resume_writing(self) -> None:
         if self._writable is not None and not self._writable.done():
@@ -236,7 +236,7 @@ class _Connection(asyncio.Protocol):
         self.in_use = True
         self.head_only = request.method == "HEAD"
         self._parser = httptools.HttpResponseParser(self)
-        self.head = self._loop.create_future()
+        self.head = self.loop.create_future()
         write_timeout = timeouts.get("write")
         self.transport.write(head if body is None else head + body)
         if body is None and not isinstance(request.stream, httpx.ByteStream):
@@ -274,7 +274,7 @@ class _Connection(asyncio.Protocol):
                 raise self.error
             if self.complete:
                 return
-            self.more = self._loop.create_future()
+            self.more = self.loop.create_future()
             await _wait(self.more, read_timeout,
                                lambda: httpx.ReadTimeout("timed out reading from the upstream"))
             self.more = None
@@ -340,6 +340,13 @@ class LeanTransport(httpx.AsyncBaseTransport):
                 fut.set_result(None)
                 return
 
+    def _discard(self, conn: _Connection) -> None:
+        try:
+            conn.close()
+        except RuntimeError:  # its event loop is closed: nothing left to close
+            conn.closed = True
+            self._forget(conn)
+
     def _release(self, conn: _Connection) -> None:
         conn.in_use = False
         if self._closed or not conn.reusable() or self._idle_count() >= self._max_idle:
@@ -358,9 +365,15 @@ class LeanTransport(httpx.AsyncBaseTransport):
                 raise RuntimeError("the transport is closed")
             idle = self._idle.get(origin)
             now = time.monotonic()
+            loop = asyncio.get_running_loop()
             while idle:
                 conn = idle.pop()
                 if conn.closed:
+                    continue
+                if conn.loop is not loop:
+                    # Pooled under another event loop (a process that runs one loop per
+                    # job): its socket belongs to that loop.
+                    self._discard(conn)
                     continue
                 if self._expiry is not None and now - conn.idle_since > self._expiry:
                     conn.close()
@@ -373,7 +386,6 @@ class LeanTransport(httpx.AsyncBaseTransport):
                     other.close()
             if len(self._open) + self._connecting < self._max:
                 return await self._connect(origin, timeouts.get("connect"))
-            loop = asyncio.get_running_loop()
             if deadline is None and pool_timeout is not None:
                 deadline = loop.time() + pool_timeout
             fut = loop.create_future()

@@ -276,3 +276,20 @@ async def test_connect_error() -> None:
     async with client(f"http://127.0.0.1:{port}") as http:
         with pytest.raises(httpx.ConnectError):
             await http.get("/x")
+
+
+def test_a_connection_pooled_under_another_event_loop_is_not_reused() -> None:
+    from tests.support.fake_openai import FakeOpenAI
+
+    transport = LeanTransport(httpx.Limits(max_connections=4))
+
+    async def get(base: str) -> int:
+        http = httpx.AsyncClient(base_url=base, transport=transport)
+        return (await http.get("/models")).status_code
+
+    with FakeOpenAI() as fake:
+        # One loop per job (as a worker running asyncio.run per event would): the
+        # connection pooled by the first loop is dropped, not written to from the second.
+        assert asyncio.run(get(fake.base_url)) == 200
+        assert asyncio.run(get(fake.base_url)) == 200
+        assert len({seen.client for seen in fake.requests}) == 2
