@@ -629,3 +629,37 @@ def test_concurrent_responses_in_one_conversation_append_whole_turns(
     for k in range(0, 8, 2):
         assert texts[k + 1] == f"ECHO: {texts[k]}", texts
     assert sorted(texts[::2]) == [f"turn {n} SLOW 0.3" for n in range(4)]
+
+
+# --- guardrails (Llama Stack's extension, sent by llama-stack-client) -------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_guardrails_are_enforced_or_refused_never_ignored(http: httpx.Client,
+                                                         scripted_llm: Any,
+                                                         stream: bool) -> None:
+    # llama-stack-client sends `guardrails: [shield ids]`; fnstack's chat completions honour
+    # it. Silently ignoring it on a response would send and store what the caller asked
+    # to keep out: it is a refusal (Llama Stack: an output message with a refusal part),
+    # or a 400 naming guardrails - never the card reaching the model.
+    card = "4111 1111 1111 1111"
+    seen = len(scripted_llm.requests)
+    r = http.post("/v1/responses", json={
+        "model": SCRIPTED, "stream": stream, "guardrails": ["pii"],
+        "input": f"My card is {card}, remember it."})
+    leaked = [q for q in scripted_llm.requests[seen:] if card in json.dumps(q)]
+    assert not leaked, "the guarded input reached the model"
+    if r.status_code == 400:
+        assert str(r.json()["error"]["param"]).startswith("guardrails")
+        return
+    assert r.status_code == 200, r.text[:300]
+    if stream:
+        events = [json.loads(line[6:]) for line in r.text.splitlines()
+                  if line.startswith("data: ")]
+        body = events[-1]["response"]
+    else:
+        body = r.json()
+    parts = [p for item in body["output"] if item["type"] == "message"
+             for p in item["content"]]
+    assert any(p["type"] == "refusal" for p in parts), body["output"]
+    assert card not in json.dumps(body["output"])
