@@ -287,20 +287,31 @@ class ResponsesService(Service):
     async def _save(self, run: Run, items: list[dict[str, Any]], store: bool,
                     first: bool = False) -> None:
         """Store the response (``first``: with its input items, as a new record); a
-        finished one in a conversation appends its turn there first."""
+        finished one in a conversation then appends its turn there."""
         response = run.response
+        if store:
+            value = {"response": response, "state": run.state}
+            if first:
+                await self.kv.put(f"resp_in:{run.response_id}", {"items": items},
+                                  owner=run.user)
+                await self.records.create(run.response_id, value, run.user)
+            elif await mutate(self.kv, f"resp:{run.response_id}", lambda _: value) is None:
+                return  # deleted while it ran: it stays deleted, its turn unrecorded
+        await self.append_turn(response, items, run.user)
+
+    async def append_turn(self, response: dict[str, Any], items: list[dict[str, Any]],
+                          user: Owner) -> None:
+        """A finished response's input and output, appended to its conversation. One
+        deleted while the response ran stays deleted: the turn is dropped, not an error."""
         conv = (response.get("conversation") or {}).get("id")
-        if conv and response["status"] in ("completed", "incomplete"):
-            await self._need("conversations", "conversation").append_items(
-                conv, [*items, *response["output"]], run.user)
-        if not store:
+        if not conv or response["status"] not in ("completed", "incomplete"):
             return
-        value = {"response": response, "state": run.state}
-        if first:
-            await self.kv.put(f"resp_in:{run.response_id}", {"items": items}, owner=run.user)
-            await self.records.create(run.response_id, value, run.user)
-        else:
-            await self.kv.put(f"resp:{run.response_id}", value, owner=run.user)
+        try:
+            await self._need("conversations", "conversation").append_items(
+                conv, [*items, *response["output"]], user)
+        except NotFoundError:
+            log.warning("conversation gone before the response ended",
+                        extra={"response_id": response["id"], "conversation_id": conv})
 
     async def _context(self, previous: str | None, conversation: str | None, user: Owner
                        ) -> list[dict[str, Any]]:

@@ -123,10 +123,14 @@ async def run_background(svc: ResponsesService, rid: str, reclaim: bool) -> None
             await svc.jobs.submit("responses.run", {"response_id": rid, "reclaim": True})
         return
     await log_.flush()
-    if await _final(svc, key, run) and conv and run.response["status"] in (
-            "completed", "incomplete"):
-        await svc._need("conversations", "conversation").append_items(
-            conv, [*items, *run.response["output"]], user)
+    # The turn joins its conversation before the status says done: a client that sees
+    # "completed" finds it there. (A worker dying between the two redoes the last step
+    # on redelivery and appends that turn again: the price of never showing a finished
+    # response whose turn is missing.)
+    current = await svc.kv.get(key)
+    if current is not None and current.value["response"]["status"] not in TERMINAL:
+        await svc.append_turn(run.response, items, user)
+    await _final(svc, key, run)
 
 
 async def _final(svc: ResponsesService, key: str, run: Run) -> bool:

@@ -41,7 +41,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from fnstack.api.inference import ChatCompletion, ChatCompletionRequest
-from fnstack.errors import InternalError, InvalidRequestError
+from fnstack.errors import FnstackError, InternalError, InvalidRequestError
 from fnstack.services.inference import InferenceService
 from fnstack.services.responses_items import FileReader, item_id, to_messages
 from fnstack.services.responses_stream import Events
@@ -300,14 +300,38 @@ class Run:
                 return {"type": "function", "function": {"name": name}}
         return "auto"
 
-    async def _messages(self) -> list[dict[str, Any]]:
+    async def _messages(self, drop: int = 0) -> list[dict[str, Any]]:
+        """The chat messages of the items so far, without the ``drop`` oldest ones."""
         messages: list[dict[str, Any]] = []
         system = [t for t in (self.response.get("_prompt_text"),
                               self.response.get("instructions")) if t]
         if system:
             messages.append({"role": "system", "content": "\n\n".join(system)})
-        messages += await to_messages(self.context, self.read_file)
+        items = self.context[drop:]
+        if drop:
+            # Start at a message: a tool result without its call means nothing.
+            while len(items) > 1 and items[0].get("type") != "message":
+                items = items[1:]
+        messages += await to_messages(items, self.read_file)
         return messages
+
+    async def _open_stream(self) -> Any:
+        """The model call; with ``truncation: auto`` an input over the model's context
+        window loses its oldest items (half of them at a time) until it fits."""
+        drop = 0
+        while True:
+            request = self._request(await self._messages(drop))
+            try:
+                return await self.inference.chat_completion(request, self.user)
+            except FnstackError as exc:
+                left = len(self.context) - drop
+                if exc.code == "context_length_exceeded" and left > 1 and \
+                        self.response.get("truncation") == "auto":
+                    drop += max(1, left // 2)
+                    continue
+                if exc.param is not None and exc.param.startswith("messages"):
+                    exc.param = "input"  # a Responses request has no "messages"
+                raise
 
     def _request(self, messages: list[dict[str, Any]]) -> ChatCompletionRequest:
         r = self.response
@@ -343,10 +367,10 @@ class Run:
         if self.state["calls"] >= self.max_calls:
             self._incomplete("max_inference_calls")
             return
-        request = self._request(await self._messages())
         functions = {t["name"] for t in self.response.get("tools") or []
                      if t["type"] == "function"}
-        stream = await self.inference.chat_completion(request, self.user)
+        serial = self.response.get("parallel_tool_calls") is False
+        stream = await self._open_stream()
         if isinstance(stream, ChatCompletion):  # asked for a stream: cannot happen
             raise InternalError("the inference service answered a stream request unstreamed")
         text = _Text(self)
@@ -361,6 +385,8 @@ class Run:
                     if delta.content:
                         await text.delta(delta.content)
                     for tc in delta.tool_calls or []:
+                        if serial and calls and tc.index not in calls:
+                            continue  # parallel_tool_calls: false - one call per turn
                         await text.close()
                         entry = calls.setdefault(tc.index, {"id": None, "name": "", "args": [],
                                                             "index": None})

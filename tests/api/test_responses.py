@@ -275,3 +275,19 @@ def test_another_principals_response_is_404(client: openai.OpenAI,
         stranger.responses.create(model=SCRIPTED, input="x", tools=[  # type: ignore[list-item]
             {"type": "file_search", "vector_store_ids": [vs]}])
     assert client.responses.retrieve(mine.id).id == mine.id
+
+
+def test_list_responses_pages_and_filters_by_model(http: httpx.Client,
+                                                   stranger: openai.OpenAI) -> None:
+    ids = [http.post("/v1/responses", json={"model": SCRIPTED, "input": f"l{i}"}).json()["id"]
+           for i in range(3)]
+    first = http.get("/v1/responses", params={"limit": 2}).json()
+    assert first["object"] == "list" and first["has_more"] is True
+    assert [r["id"] for r in first["data"]] == ids[::-1][:2]  # newest first
+    rest = http.get("/v1/responses", params={"limit": 2, "after": first["last_id"]}).json()
+    assert rest["data"][0]["id"] == ids[0]
+    other = http.get("/v1/responses", params={"model": "no-such-model"}).json()
+    assert other["data"] == []
+    theirs = httpx.get(f"{stranger.base_url}responses",
+                       headers={"Authorization": f"Bearer {stranger.api_key}"}).json()
+    assert not set(ids) & {r["id"] for r in theirs["data"]}
