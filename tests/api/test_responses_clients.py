@@ -333,3 +333,14 @@ def test_reference_model_through_the_stream_helper(reference: str,
     assert final.status in ("completed", "incomplete") and deltas
     assert "".join(deltas) == final.output_text
     assert final.usage is not None and 0 < final.usage.output_tokens <= 8
+
+
+def test_input_tokens_count(client: openai.OpenAI) -> None:
+    # The SDK's responses.input_tokens.count (POST /v1/responses/input_tokens): what a
+    # request would cost before sending it (context management in agent clients).
+    small = client.responses.input_tokens.count(model=SCRIPTED, input="hello")
+    big = client.responses.input_tokens.count(
+        model=SCRIPTED, instructions="Be terse.",
+        input=[{"role": "user", "content": "hello " * 50}])
+    assert small.object == "response.input_tokens"
+    assert 0 < small.input_tokens < big.input_tokens
