@@ -54,3 +54,10 @@ def test_agent_events(built_bundle: Path, function: str, event: str, status: int
     assert out["statusCode"] == status, out
     body = json.loads(str(out["body"]))
     assert {k: body[k] for k in expect} == expect
+
+
+def test_the_worker_takes_a_background_response_job(built_bundle: Path) -> None:
+    # The message InferenceFunction queues for a `background: true` response: the worker
+    # serves the responses service; a response that is not (or no longer) there is done.
+    out = _invoke("BatchWorkerFunction", "sqs-response-run.json")
+    assert out == {"batchItemFailures": []}
