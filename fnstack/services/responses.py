@@ -40,6 +40,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter
 
+from fnstack.api.inference import ChatCompletionRequest
 from fnstack.api.responses import (
     INCLUDABLE,
     TERMINAL,
@@ -57,6 +58,7 @@ from fnstack.errors import (
     PreconditionFailedError,
     ServiceUnavailableError,
 )
+from fnstack.guardrails import FIELDS, requested
 from fnstack.jobs import JobQueue, LocalJobQueue
 from fnstack.records import RecordStore, authorize, check_storable, mutate
 from fnstack.services import Service, ServiceContext, ServiceSpec, StoreNeed
@@ -78,7 +80,7 @@ KIND = "response"
 MAX_CHAIN = 200
 LEASE_S = 300.0
 FILE_TEXT_LIMIT = 1_000_000
-OPTIONAL = ("files", "vector_stores", "conversations", "prompts", "tool_runtime")
+OPTIONAL = ("files", "vector_stores", "conversations", "prompts", "tool_runtime", "safety")
 
 
 def _now() -> int:
@@ -175,6 +177,7 @@ class ResponsesService(Service):
             user=request.user,
         )).model_dump(mode="json", by_alias=True)
         response["_include"] = list(request.include or [])
+        response["_guardrails"] = await self._guardrails(request, user)
         response["_prompt_text"] = prompt_text
         state = fresh_state()
 
@@ -199,6 +202,26 @@ class ResponsesService(Service):
         await run.run()
         await self._save(run, items, store, first=True)
         return _view(run.response)
+
+    async def _guardrails(self, request: CreateResponseRequest, user: Owner
+                          ) -> dict[str, Any]:
+        """Llama Stack's ``guardrails`` (and ``shields``, ``input_shields``,
+        ``output_shields``) fields, checked now: no safety API is a 400, an unknown
+        shield a 404 (param ``guardrails``). They run around every model call."""
+        extra = request.model_extra or {}
+        fields = {k: extra[k] for k in FIELDS if extra.get(k) is not None}
+        if not fields:
+            return {}
+        probe = ChatCompletionRequest.model_validate({
+            "model": request.model or "", "messages": [{"role": "user", "content": "."}],
+            **fields})
+        guard, _ = requested(probe)
+        if guard is None:
+            return {}
+        safety = self._need("safety", "guardrails")
+        for shield_id in dict.fromkeys(guard.input + guard.output):
+            await safety.resolve(shield_id, user, param="guardrails")
+        return fields
 
     def _text_only(self, entry: Any) -> bool:
         """Whether the model reads text only: its metadata says so (``input_modalities``

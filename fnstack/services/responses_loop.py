@@ -42,6 +42,7 @@ from pydantic import ValidationError
 
 from fnstack.api.inference import ChatCompletion, ChatCompletionRequest
 from fnstack.errors import FnstackError, InternalError, InvalidRequestError
+from fnstack.guardrails import guarded
 from fnstack.services.inference import InferenceService
 from fnstack.services.responses_items import FileReader, item_id, to_messages
 from fnstack.services.responses_stream import Events
@@ -322,7 +323,8 @@ class Run:
         while True:
             request = self._request(await self._messages(drop))
             try:
-                return await self.inference.chat_completion(request, self.user)
+                return await guarded(self.services.get("safety"), request, self.user,
+                                     self.inference.chat_completion)
             except FnstackError as exc:
                 left = len(self.context) - drop
                 if exc.code == "context_length_exceeded" and left > 1 and \
@@ -348,6 +350,8 @@ class Run:
                              ("max_output_tokens", "max_completion_tokens")):
             if r.get(ours) is not None:
                 body[theirs] = r[ours]
+        # Llama Stack's guardrails: fnstack.guardrails runs them around the model call.
+        body.update(r.get("_guardrails") or {})
         fmt = (r.get("text") or {}).get("format") or {"type": "text"}
         if fmt["type"] == "json_object":
             body["response_format"] = {"type": "json_object"}
@@ -384,6 +388,8 @@ class Run:
                     delta = choice.delta
                     if delta.content:
                         await text.delta(delta.content)
+                    if delta.refusal:
+                        await text.refuse(delta.refusal)
                     for tc in delta.tool_calls or []:
                         if serial and calls and tc.index not in calls:
                             continue  # parallel_tool_calls: false - one call per turn
@@ -413,6 +419,8 @@ class Run:
                 await aclose()
         self.state["calls"] += 1
         await text.close(incomplete=finish == "length")
+        if finish == "content_filter":
+            calls = {}  # a refused turn calls nothing
         pending = []
         handed_back = False
         for n in sorted(calls):
@@ -506,17 +514,23 @@ class _Text:
         self.index: int | None = None
         self.item_id = ""
         self.parts: list[str] = []
+        self.refusal: list[str] | None = None  # a refusal part (a guardrail's), after text
         self.closed = False
 
+    async def _open(self) -> int:
+        if self.index is None:
+            self.item_id = item_id("message")
+            self.index = await self.run.add_item({
+                "type": "message", "id": self.item_id, "status": "in_progress",
+                "role": "assistant", "content": []})
+        return self.index
+
     async def delta(self, piece: str) -> None:
-        if self.closed:
+        if self.closed or self.refusal is not None:
             return
         run = self.run
         if self.index is None:
-            self.item_id = item_id("message")
-            self.index = await run.add_item({"type": "message", "id": self.item_id,
-                                             "status": "in_progress", "role": "assistant",
-                                             "content": []})
+            await self._open()
             await run.emit("response.content_part.added", item_id=self.item_id,
                            output_index=self.index, content_index=0,
                            part={"type": "output_text", "text": "", "annotations": []})
@@ -524,12 +538,47 @@ class _Text:
         await run.emit("response.output_text.delta", item_id=self.item_id,
                        output_index=self.index, content_index=0, delta=piece, logprobs=[])
 
+    async def refuse(self, piece: str) -> None:
+        if self.closed:
+            return
+        index = await self._open()
+        if self.refusal is None:
+            self.refusal = []
+            await self.run.emit("response.content_part.added", item_id=self.item_id,
+                                output_index=index, content_index=self._refusal_index(),
+                                part={"type": "refusal", "refusal": ""})
+        self.refusal.append(piece)
+        await self.run.emit("response.refusal.delta", item_id=self.item_id,
+                            output_index=index, content_index=self._refusal_index(),
+                            delta=piece)
+
+    def _refusal_index(self) -> int:
+        return 1 if self.parts else 0
+
     async def close(self, incomplete: bool = False) -> None:
         if self.closed:
             return
         self.closed = True
         if self.index is None:
             return
+        run = self.run
+        parts: list[dict[str, Any]] = []
+        if self.parts:
+            parts.append(await self._close_text())
+        if self.refusal is not None:
+            refusal = "".join(self.refusal)
+            n = self._refusal_index()
+            await run.emit("response.refusal.done", item_id=self.item_id,
+                           output_index=self.index, content_index=n, refusal=refusal)
+            part = {"type": "refusal", "refusal": refusal}
+            await run.emit("response.content_part.done", item_id=self.item_id,
+                           output_index=self.index, content_index=n, part=part)
+            parts.append(part)
+        await run.done_item(self.index, {
+            "type": "message", "id": self.item_id, "role": "assistant",
+            "status": "incomplete" if incomplete else "completed", "content": parts})
+
+    async def _close_text(self) -> dict[str, Any]:
         run = self.run
         text = "".join(self.parts)
         annotations: list[dict[str, Any]] = []
@@ -547,6 +596,4 @@ class _Text:
                 "logprobs": []}
         await run.emit("response.content_part.done", item_id=self.item_id,
                        output_index=self.index, content_index=0, part=part)
-        await run.done_item(self.index, {
-            "type": "message", "id": self.item_id, "role": "assistant",
-            "status": "incomplete" if incomplete else "completed", "content": [part]})
+        return part
