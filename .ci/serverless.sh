@@ -48,6 +48,14 @@ fi
 "$CHECKOV_VENV/bin/checkov" --config-file .checkov.yaml -f .aws-sam/template.cfn.json
 fi
 
+# One build at a time in .aws-sam/build: test sessions (tests/support/gateway.py, which
+# holds this lock already when it runs us: FNSTACK_BUILD_LOCKED) and a direct run.
+mkdir -p .aws-sam
+if [ -z "${FNSTACK_BUILD_LOCKED:-}" ]; then
+  exec 9>.aws-sam/.fnstack-build.lock
+  flock 9
+fi
+
 echo "== prebuild the layer's models (ONNX export needs torch: the project's venv)"
 "$VENV/bin/python" infra/prebuild_models.py
 

@@ -55,7 +55,8 @@ def ensure_built() -> Path:
             and (BUILD_DIR / "ProviderLayer" / "python" / "fastapi").is_dir()
         if not fresh:
             subprocess.run(["bash", str(ROOT / ".ci" / "serverless.sh"), "--build"],
-                           cwd=ROOT, check=True)
+                           cwd=ROOT, check=True,
+                           env={**os.environ, "FNSTACK_BUILD_LOCKED": "1"})
         refresh_code(ROOT, BUILD_DIR)
     return BUILD_DIR
 
