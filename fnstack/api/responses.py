@@ -32,6 +32,7 @@ __all__ = [
     "IncompleteDetails",
     "InputItemList",
     "InputMessage",
+    "InputTokens",
     "ItemReference",
     "OutputMessage",
     "OutputText",
@@ -322,6 +323,13 @@ class ResponseList(_Wire):
     first_id: str | None = None
     last_id: str | None = None
     has_more: bool = False
+
+
+class InputTokens(_Wire):
+    """``POST /v1/responses/input_tokens``: the input tokens a request would use."""
+
+    object: Literal["response.input_tokens"] = "response.input_tokens"
+    input_tokens: int
 
 
 class InputItemList(_Wire):

@@ -15,6 +15,7 @@ from fastapi.responses import Response, StreamingResponse
 from fnstack.api.responses import (
     CreateResponseRequest,
     InputItemList,
+    InputTokens,
     ResponseDeleted,
     ResponseList,
 )
@@ -51,6 +52,12 @@ async def create_response(body: CreateResponseRequest, request: Request) -> Resp
         return _response_json(result)
     return StreamingResponse(sse(result), media_type="text/event-stream",
                              headers=_SSE_HEADERS)
+
+
+@router.post("/v1/responses/input_tokens", response_model=InputTokens)
+async def count_input_tokens(body: CreateResponseRequest, request: Request) -> Response:
+    svc = await _svc(request)
+    return json_response(await svc.count_input_tokens(body, principal(request)))
 
 
 @router.get("/v1/responses", response_model=ResponseList)

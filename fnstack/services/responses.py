@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -46,6 +47,7 @@ from fnstack.api.responses import (
     TERMINAL,
     CreateResponseRequest,
     InputItemList,
+    InputTokens,
     Response,
     ResponseDeleted,
     ResponseList,
@@ -64,7 +66,7 @@ from fnstack.records import RecordStore, authorize, check_storable, mutate
 from fnstack.services import Service, ServiceContext, ServiceSpec, StoreNeed
 from fnstack.services.inference import InferenceService
 from fnstack.services.models import ModelsService
-from fnstack.services.responses_items import validate_input
+from fnstack.services.responses_items import to_messages, validate_input
 from fnstack.services.responses_loop import Run, fresh_state, public_view, validate_tools
 from fnstack.services.responses_stream import TERMINAL_EVENTS, EventLog, Events, replay
 from fnstack.services.responses_tools import builtin_tools
@@ -123,44 +125,7 @@ class ResponsesService(Service):
                 raise InvalidRequestError(
                     f"include[{n}] {value!r} is not supported; use one of: "
                     f"{', '.join(INCLUDABLE)}", param=f"include[{n}]", code="invalid_value")
-        check_storable(request.instructions, "instructions")
-        check_storable(request.tools, "tools")
-        tools = validate_tools(request.tools)
-        by_type, _ = builtin_tools()
-        for n, tool in enumerate(tools):
-            check = getattr(by_type.get(tool["type"]), "check", None)
-            if check is not None:
-                await check(tool, f"tools[{n}]", user, self.service)
-        choice = _tool_choice(request.tool_choice, tools)
-        entry = await self.models.resolve(request.model, user)  # 404 for a model it may not use
-
-        prompt_text: str | None = None
-        if request.prompt is not None:
-            prompts = self._need("prompts", "prompt")
-            version = request.prompt.version
-            if version is not None and not version.isdigit():
-                raise InvalidRequestError("prompt.version must be a version number",
-                                          param="prompt.version")
-            rendered = await prompts.render(request.prompt.id,
-                                            int(version) if version else None,
-                                            request.prompt.variables, user)
-            prompt_text = rendered.text
-        if conversation_id:
-            await self._need("conversations", "conversation").get(conversation_id, user)
-        if request.previous_response_id:
-            prev = await self._get(request.previous_response_id, user, "previous_response_id")
-            status = prev.value["response"]["status"]
-            if status in ("queued", "in_progress"):
-                raise InvalidRequestError(
-                    f"response {request.previous_response_id!r} is still {status}: its output "
-                    "is not known yet; continue from it once it has finished",
-                    param="previous_response_id", code="response_not_finished")
-        context = await self._context(request.previous_response_id, conversation_id, user)
-        items = validate_input(request.input, context)
-        if not items and prompt_text is None:
-            raise InvalidRequestError("input is required", param="input")
-        if self._text_only(entry):
-            _refuse_images(request.model, items)
+        tools, choice, prompt_text, context, items = await self._prepare(request, user)
 
         rid = self.records.new_id()
         response: dict[str, Any] = Response.model_validate(dict(
@@ -202,6 +167,82 @@ class ResponsesService(Service):
         await run.run()
         await self._save(run, items, store, first=True)
         return _view(run.response)
+
+    async def _prepare(self, request: CreateResponseRequest, user: Owner
+                       ) -> tuple[list[dict[str, Any]], str | dict[str, Any], str | None,
+                                  list[dict[str, Any]], list[dict[str, Any]]]:
+        """Everything checked before any work: (tools, tool_choice, the rendered prompt,
+        the earlier items, the input items)."""
+        check_storable(request.instructions, "instructions")
+        check_storable(request.tools, "tools")
+        tools = validate_tools(request.tools)
+        by_type, _ = builtin_tools()
+        for n, tool in enumerate(tools):
+            check = getattr(by_type.get(tool["type"]), "check", None)
+            if check is not None:
+                await check(tool, f"tools[{n}]", user, self.service)
+        choice = _tool_choice(request.tool_choice, tools)
+        model = request.model or ""
+        entry = await self.models.resolve(model, user)  # 404 for a model it may not use
+
+        prompt_text: str | None = None
+        if request.prompt is not None:
+            prompts = self._need("prompts", "prompt")
+            version = request.prompt.version
+            if version is not None and not version.isdigit():
+                raise InvalidRequestError("prompt.version must be a version number",
+                                          param="prompt.version")
+            rendered = await prompts.render(request.prompt.id,
+                                            int(version) if version else None,
+                                            request.prompt.variables, user)
+            prompt_text = rendered.text
+        conversation_id = request.conversation_id()
+        if conversation_id:
+            await self._need("conversations", "conversation").get(conversation_id, user)
+        if request.previous_response_id:
+            prev = await self._get(request.previous_response_id, user, "previous_response_id")
+            status = prev.value["response"]["status"]
+            if status in ("queued", "in_progress"):
+                raise InvalidRequestError(
+                    f"response {request.previous_response_id!r} is still {status}: its output "
+                    "is not known yet; continue from it once it has finished",
+                    param="previous_response_id", code="response_not_finished")
+        context = await self._context(request.previous_response_id, conversation_id, user)
+        items = validate_input(request.input, context)
+        if not items and prompt_text is None:
+            raise InvalidRequestError("input is required", param="input")
+        if self._text_only(entry):
+            _refuse_images(model, items)
+        return tools, choice, prompt_text, context, items
+
+    async def count_input_tokens(self, request: CreateResponseRequest, user: Owner
+                                 ) -> InputTokens:
+        """``POST /v1/responses/input_tokens``: what the first model call of this request
+        would read. Exact with the model's tokenizer where its provider has one, else an
+        estimate (4 characters a token)."""
+        if not request.model:
+            raise InvalidRequestError("model is required", param="model")
+        if request.conversation_id() and request.previous_response_id:
+            raise InvalidRequestError(
+                "previous_response_id and conversation cannot be used together",
+                param="conversation")
+        tools, _, prompt_text, context, items = await self._prepare(request, user)
+        system = "\n\n".join(t for t in (prompt_text, request.instructions) if t)
+        messages = await to_messages([*context, *items])
+        text = "\n".join([system, json.dumps(tools) if tools else "",
+                          *(json.dumps(m["content"]) if not isinstance(m.get("content"), str)
+                            else m["content"] for m in messages if m.get("content")),
+                          *(json.dumps(m["tool_calls"]) for m in messages
+                            if m.get("tool_calls"))])
+        entry = await self.models.resolve(request.model, user)
+        if "tokenizer" in self.models.hooks(entry.provider_id):
+            provider = self.models.provider(entry.provider_id)
+            tokenizer = await provider.tokenizer(entry.provider_resource_id)
+            count = len(tokenizer.encode(text).ids)
+        else:
+            count = -(-len(text) // 4)
+        # Each message's framing (role, separators) costs a few tokens too.
+        return InputTokens(input_tokens=count + 4 * (len(messages) + bool(system)) + 3)
 
     async def _guardrails(self, request: CreateResponseRequest, user: Owner
                           ) -> dict[str, Any]:
