@@ -353,6 +353,8 @@ EVENT_TYPES = (
     "response.output_text.delta",
     "response.output_text.done",
     "response.output_text.annotation.added",
+    "response.refusal.delta",
+    "response.refusal.done",
     "response.function_call_arguments.delta",
     "response.function_call_arguments.done",
     "response.file_search_call.in_progress",
