@@ -348,9 +348,10 @@ def main() -> None:
                           + ", ".join(line) + " req/s", flush=True)
 
         print()
+        width = max(16, 5 * args.rounds)
         header = (f"{'conns':>5} {'kind':<6} | {'upstream':>8} | {'relay':>6} {'p50':>6}"
                   f" | {'lean':>6} {'p50':>6} | {'fnstack':>7} {'p50':>6} {'p99':>6}"
-                  f" | {'fn/relay':>8} {'per round':<16} {'fn/lean':>7}"
+                  f" | {'fn/relay':>8} {'per round':<{width}} {'fn/lean':>7}"
                   f" | {'cpu ms/req: relay':>17} {'lean':>5} {'fnstack':>7} | {'failed':>6}")
         print(header)
         print("-" * len(header))
@@ -368,7 +369,7 @@ def main() -> None:
                 print(f"{conns:>5} {kind:<6} | {up.med('rps'):>8.0f} | {rel.med('rps'):>6.0f}"
                       f" {rel.med('p50'):>6.1f} | {lean.med('rps'):>6.0f} {lean.med('p50'):>6.1f}"
                       f" | {fn.med('rps'):>7.0f} {fn.med('p50'):>6.1f} {fn.med('p99'):>6.1f}"
-                      f" | {ratio:>8.2f} {per_round:<16} {to_lean:>7.2f}"
+                      f" | {ratio:>8.2f} {per_round:<{width}} {to_lean:>7.2f}"
                       f" | {statistics.median(rel.cpu_ms):>17.2f}"
                       f" {statistics.median(lean.cpu_ms):>5.2f}"
                       f" {statistics.median(fn.cpu_ms):>7.2f} | {failed:>6}")
