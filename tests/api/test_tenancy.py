@@ -316,6 +316,11 @@ def test_another_principal_never_sees_a_conversation_prompt_or_response(
         _never_seen(call(a), call(ghost), name)
     # Listings do not show them either.
     assert a["prompt"] not in {p["prompt_id"] for p in bob.get("/v1/prompts").json()["data"]}
+    listed = bob.get("/v1/responses", params={"limit": 100})
+    assert listed.status_code == 200, listed.text
+    assert not {a["response"], a["background"]} & {r["id"] for r in listed.json()["data"]}
+    mine = tenants["alice"].http.get("/v1/responses", params={"limit": 100}).json()["data"]
+    assert a["response"] in {r["id"] for r in mine}
 
     # Alice's records are intact after bob's attempts.
     alice = tenants["alice"].http
