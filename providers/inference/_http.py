@@ -250,14 +250,14 @@ class _Connection(asyncio.Protocol):
                 self.transport.write(b"0\r\n\r\n")
         await self._drain(write_timeout)
         await _wait(self.head, timeouts.get("read"),
-                           lambda: httpx.ReadTimeout("timed out waiting for the upstream"))
+                    lambda: httpx.ReadTimeout("timed out waiting for the upstream"))
         if self.head_only:
             self.complete = True
 
     async def _drain(self, seconds: float | None) -> None:
         if self._writable is not None:
             await _wait(self._writable, seconds,
-                               lambda: httpx.WriteTimeout("timed out sending to the upstream"))
+                        lambda: httpx.WriteTimeout("timed out sending to the upstream"))
 
     async def body(self, read_timeout: float | None) -> AsyncIterator[bytes]:
         while True:
@@ -276,7 +276,7 @@ class _Connection(asyncio.Protocol):
                 return
             self.more = self.loop.create_future()
             await _wait(self.more, read_timeout,
-                               lambda: httpx.ReadTimeout("timed out reading from the upstream"))
+                        lambda: httpx.ReadTimeout("timed out reading from the upstream"))
             self.more = None
 
 
