@@ -4,7 +4,9 @@ The provider is a relay. Requests go upstream as the JSON the client sent (vendo
 extensions included); answers come back parsed into our wire models. What it adds:
 
 - one pooled ``httpx.AsyncClient`` per provider instance (made in the factory, closed
-  in ``shutdown()``), with connect and read timeouts;
+  in ``shutdown()``), with connect and read timeouts, on the lean keep-alive transport
+  of ``_http.py`` where httptools is installed (requests then go straight to it: see
+  docs/gateway_performance.md);
 - retries with exponential backoff and jitter on 429/5xx and connection failures,
   honouring ``retry-after`` - but only before the first byte reaches the caller: once a
   stream has started, a failure surfaces, it is never replayed;
