@@ -14,7 +14,10 @@ API Gateway's own behaviour, as the deployed REST API has it:
   (percent-encoded) and path parameters are decoded once;
 - header names as the client sent them, plus ``X-Forwarded-For/-Proto/-Port`` and
   ``X-Amzn-Trace-Id``;
-- its own errors in its own shape, ``{"message": ...}``: 403 ``Missing Authentication
+- its own errors, in its default shape ``{"message": ...}`` or as the API's
+  ``GatewayResponses`` say (status, headers, the ``application/json`` template with
+  ``$context.error.messageString`` and a few other ``$context`` variables rendered; an
+  unlisted type falls back to ``DEFAULT_4XX`` / ``DEFAULT_5XX``): 403 ``Missing Authentication
   Token`` (no route or method), 413 ``Request Too Long`` (over 10 MB, or an event over
   Lambda's 6 MB invocation limit, measured as Lambda does on the UTF-8 JSON event), 502
   ``Internal server error`` (the function failed, timed out, or answered no valid proxy
@@ -38,6 +41,7 @@ import base64
 import contextlib
 import json
 import logging
+import re
 import sys
 import time
 import uuid
@@ -74,11 +78,42 @@ class Reply:
     body: bytes
 
 
-def _apigw_error(status: int, message: str, error_type: str) -> Reply:
-    """An error API Gateway answers itself: its shape, not the app's."""
-    return Reply(status, [(b"content-type", b"application/json"),
-                          (b"x-amzn-errortype", error_type.encode())],
-                 json.dumps({"message": message}).encode())
+# Each error API Gateway answers itself: (status, message, x-amzn-errortype, its
+# gateway response type).
+_TOO_LARGE = (413, "Request Too Long", "RequestTooLongException", "REQUEST_TOO_LARGE")
+_NO_ROUTE = (403, "Missing Authentication Token", "MissingAuthenticationTokenException",
+             "MISSING_AUTHENTICATION_TOKEN")
+_TIMEOUT = (504, "Endpoint request timed out", "IntegrationTimeoutException",
+            "INTEGRATION_TIMEOUT")
+_FAILED = (502, "Internal server error", "InternalServerErrorException", "DEFAULT_5XX")
+_CONTEXT_VAR = re.compile(r"\$!?\{?context\.([A-Za-z][A-Za-z0-9_.]*[A-Za-z0-9_])\}?")
+
+
+def _apigw_error(error: tuple[int, str, str, str], responses: Mapping[str, Any] | None = None,
+                 context: Mapping[str, str] | None = None) -> Reply:
+    """An error API Gateway answers itself: its default shape, or the API's
+    GatewayResponses entry for its type (else DEFAULT_4XX / DEFAULT_5XX)."""
+    status, message, error_type, response_type = error
+    headers: Headers = [(b"content-type", b"application/json"),
+                        (b"x-amzn-errortype", error_type.encode())]
+    body = json.dumps({"message": message})
+    responses = responses or {}
+    entry = responses.get(response_type) or responses.get(
+        "DEFAULT_4XX" if status < 500 else "DEFAULT_5XX")
+    if not isinstance(entry, dict):
+        return Reply(status, headers, body.encode())
+    if entry.get("StatusCode"):
+        status = int(entry["StatusCode"])
+    for name, value in ((entry.get("ResponseParameters") or {}).get("Headers") or {}).items():
+        # Static values are quoted: "'value'".
+        headers.append((str(name).lower().encode(), str(value).strip("'").encode()))
+    templates = entry.get("ResponseTemplates") or {}
+    template = templates.get("application/json") or next(iter(templates.values()), None)
+    if isinstance(template, str):
+        values = {"error.messageString": json.dumps(message), "error.message": message,
+                  "error.responseType": response_type, **(context or {})}
+        body = _CONTEXT_VAR.sub(lambda m: values.get(m.group(1), m.group(0)), template)
+    return Reply(status, headers, body.encode())
 
 
 def _trace_id() -> str:
@@ -185,6 +220,8 @@ class Gateway:
         stage_name = api.get("StageName")
         self.stage = stage or (stage_name if isinstance(stage_name, str) else "prod")
         self.binary_types = tuple(str(t) for t in api.get("BinaryMediaTypes", []) or [])
+        responses = api.get("GatewayResponses")
+        self.responses: dict[str, Any] = responses if isinstance(responses, dict) else {}
         self.functions: dict[str, Function] = dict(functions)
 
     def close(self) -> None:
@@ -285,16 +322,21 @@ class Gateway:
         prefix = f"/{self.stage}"
         if path == prefix or path.startswith(prefix + "/"):
             path = path[len(prefix):] or "/"
+        context = {"httpMethod": method, "path": f"{prefix}{path}", "stage": self.stage,
+                   "requestId": str(uuid.uuid4())}
+
+        def error(kind: tuple[int, str, str, str]) -> Reply:
+            return _apigw_error(kind, self.responses, context)
+
         body = await self._read(scope, receive)
         if body is None:
-            return _apigw_error(413, "Request Too Long", "RequestTooLongException")
+            return error(_TOO_LARGE)
         if method == "POST" and path.startswith(_INVOKE_PREFIX) and path.endswith("/invocations"):
             return await self._lambda_invoke(path[len(_INVOKE_PREFIX):-len("/invocations")], body)
         route, params = match_route(self.routes, method, path)
         if route is None:
             # API Gateway's answer to a path or method no resource has.
-            return _apigw_error(403, "Missing Authentication Token",
-                                "MissingAuthenticationTokenException")
+            return error(_NO_ROUTE)
         assert isinstance(params, dict)
         client = scope.get("client") or ("127.0.0.1", 0)
         headers = self._headers(scope)
@@ -304,7 +346,7 @@ class Gateway:
             source_ip=client[0], binary_types=self.binary_types,
         )
         if event_size(event) > LAMBDA_PAYLOAD_LIMIT:
-            return _apigw_error(413, "Request Too Long", "RequestTooLongException")
+            return error(_TOO_LARGE)
         function = self.functions[route.function]
         deadline = time.monotonic() + route.timeout_ms / 1000
         try:
@@ -312,25 +354,25 @@ class Gateway:
                                             route.timeout_ms / 1000)
         except TimeoutError:
             log.warning("%s: integration timeout after %d ms", route.function, route.timeout_ms)
-            return _apigw_error(504, "Endpoint request timed out",
-                                "IntegrationTimeoutException")
+            return error(_TIMEOUT)
         except FunctionError as exc:
             log.error("%s failed: %s", route.function, json.dumps(exc.payload))
-            return _apigw_error(502, "Internal server error", "InternalServerErrorException")
+            return error(_FAILED)
         if isinstance(result, Streamed):
             return result.status, result.headers, _until(result.body, deadline)
         accept = dict((k.lower(), v) for k, v in headers).get("accept", "")
-        return self._response(route, result.payload, accept)
+        return self._response(route, result.payload, accept, context)
 
-    def _response(self, route: Route, result: Any, accept: str) -> Reply:
+    def _response(self, route: Route, result: Any, accept: str,
+                  context: Mapping[str, str]) -> Reply:
         if not isinstance(result, dict) or "statusCode" not in result:
             log.error("%s returned no valid proxy response (statusCode, headers, body)",
                       route.function)
-            return _apigw_error(502, "Internal server error", "InternalServerErrorException")
+            return _apigw_error(_FAILED, self.responses, context)
         if event_size(result) > LAMBDA_PAYLOAD_LIMIT:
             log.error("%s's response exceeds Lambda's %d bytes", route.function,
                       LAMBDA_PAYLOAD_LIMIT)
-            return _apigw_error(502, "Internal server error", "InternalServerErrorException")
+            return _apigw_error(_FAILED, self.responses, context)
         raw = result.get("body") or ""
         first_accept = accept.split(",")[0].split(";")[0].strip().lower()
         decode = result.get("isBase64Encoded") and any(
