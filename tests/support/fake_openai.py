@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
+from tests.support.asgi_thread import AsgiThread, free_port, read_body
 
 __all__ = ["FakeOpenAI", "Reply", "chat_chunk_json", "chat_json", "free_port"]
 
@@ -137,13 +136,6 @@ def _default(path: str, body: Any) -> Reply:
     return Reply(json=chat_json())
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class FakeOpenAI:
     """The server; a context manager that starts and stops it."""
 
@@ -153,8 +145,7 @@ class FakeOpenAI:
         self.requests: list[Seen] = []
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._serving = AsgiThread(self._app, self.port, name="fake OpenAI server")
 
     # --- scripting ---
 
@@ -176,44 +167,18 @@ class FakeOpenAI:
     # --- lifecycle ---
 
     def __enter__(self) -> FakeOpenAI:
-        config = uvicorn.Config(
-            self._app,
-            host="127.0.0.1",
-            port=self.port,
-            log_level="critical",  # broken streams are on purpose; keep them quiet
-            access_log=False,
-            lifespan="off",
-            interface="asgi3",
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="fake-openai", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError(f"fake OpenAI server did not start on port {self.port}")
-            time.sleep(0.01)
+        self._serving.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-            # A stream left hanging by a test must not hold shutdown up.
-            self._server.force_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._serving.stop()
 
     # --- the ASGI app ---
 
     async def _app(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        raw = b""
-        while True:
-            message = await receive()
-            raw += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        raw = await read_body(receive)
         try:
             body: Any = json.loads(raw) if raw else None
         except ValueError:

@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
-import uvicorn
 from starlette.types import Receive, Scope, Send
 
-from tests.support.fake_openai import free_port
+from tests.support.asgi_thread import AsgiThread, free_port, read_body
 
 __all__ = ["BRAVE_KEY", "CORPUS", "TAVILY_KEY", "FakeSearch", "Page"]
 
@@ -93,40 +91,19 @@ class FakeSearch:
     def __post_init__(self) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._serving = AsgiThread(self._app, self.port, name="fake search server")
 
     def __enter__(self) -> FakeSearch:
-        config = uvicorn.Config(self._app, host="127.0.0.1", port=self.port,
-                                log_level="critical", access_log=False, lifespan="off",
-                                interface="asgi3")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="fake-search",
-                                        daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError(f"fake search server did not start on port {self.port}")
-            time.sleep(0.01)
+        self._serving.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-            self._server.force_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._serving.stop()
 
     async def _app(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        raw = b""
-        while True:
-            message = await receive()
-            raw += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        raw = await read_body(receive)
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         query = parse_qs(scope.get("query_string", b"").decode())
         try:

@@ -21,16 +21,14 @@ import asyncio
 import contextlib
 import socket
 import threading
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import uvicorn
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from starlette.types import Receive, Scope, Send
 
-from tests.support.fake_openai import free_port
+from tests.support.asgi_thread import AsgiThread, free_port
 
 __all__ = ["TOKEN", "HangingServer", "McpTestServer", "closed_port"]
 
@@ -84,8 +82,8 @@ class McpTestServer:
         self._mcp = _build(self.calls)
         self._http = self._mcp.streamable_http_app()
         self._sse = self._mcp.sse_app()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._serving = AsgiThread(self._app, self.port, name="MCP test server", lifespan="on",
+                                   start_timeout=15)
 
     def called(self, name: str) -> list[dict[str, Any]]:
         return [args for tool, args in self.calls if tool == name]
@@ -122,25 +120,11 @@ class McpTestServer:
             yield
 
     def __enter__(self) -> McpTestServer:
-        config = uvicorn.Config(self._app, host="127.0.0.1", port=self.port,
-                                log_level="critical", access_log=False, lifespan="on",
-                                interface="asgi3")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="mcp-test", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 15
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError(f"MCP test server did not start on port {self.port}")
-            time.sleep(0.01)
+        self._serving.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-            self._server.force_exit = True  # open SSE streams must not hold shutdown up
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._serving.stop()
 
 
 class HangingServer:

@@ -46,9 +46,7 @@ import threading
 import time
 from typing import Any
 
-import uvicorn
-
-from tests.support.fake_openai import free_port
+from tests.support.asgi_thread import AsgiThread, free_port, read_body
 
 __all__ = ["MODEL", "ScriptedLLM", "answer"]
 
@@ -152,30 +150,14 @@ class ScriptedLLM:
         self.requests: list[dict[str, Any]] = []
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._serving = AsgiThread(self._app, self.port, name="scripted LLM")
 
     def __enter__(self) -> ScriptedLLM:
-        config = uvicorn.Config(self._app, host="127.0.0.1", port=self.port,
-                                log_level="critical", access_log=False, lifespan="off",
-                                interface="asgi3")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="scripted-llm",
-                                        daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError(f"scripted LLM did not start on port {self.port}")
-            time.sleep(0.01)
+        self._serving.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-            self._server.force_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._serving.stop()
 
     def _call_id(self) -> str:
         with self._lock:
@@ -184,12 +166,7 @@ class ScriptedLLM:
     async def _app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        raw = b""
-        while True:
-            message = await receive()
-            raw += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        raw = await read_body(receive)
         path: str = scope["path"]
         if path.endswith("/models"):
             await _json(send, 200, {"object": "list", "data": [
