@@ -84,7 +84,7 @@ def create_app(
 
     _install_error_handlers(app)
     _include_routers(app, stack.routed)
-    _openapi_without_422(app)
+    _openapi_without_422(app, stack)
 
     # Outermost first: request id, then authentication (an unauthenticated caller
     # never makes the server read its body), then the body limit.
@@ -145,14 +145,27 @@ def _include_routers(app: FastAPI, specs: Iterable[ServiceSpec]) -> None:
             app.include_router(spec.router(), responses=ERROR_RESPONSES)
 
 
-def _openapi_without_422(app: FastAPI) -> None:
-    """FastAPI documents a 422 on every operation with a body or parameters; fnstack
+def _deployment_routes(stack: Stack) -> list[Any]:
+    """The routes of every API the config enables (on Lambda one function serves one API
+    group, yet /openapi.json and /v1/inspect/routes describe the whole deployment): the
+    services' routers only, no service is built."""
+    full = FastAPI()
+    _, routed = plan_services(served_apis(stack.config), stack.specs)
+    _include_routers(full, routed)
+    return list(full.routes)
+
+
+def _openapi_without_422(app: FastAPI, stack: Stack) -> None:
+    """The document of the whole deployment, built on its first request (cold starts).
+
+    FastAPI documents a 422 on every operation with a body or parameters; fnstack
     answers validation errors with 400 in OpenAI's shape, so the 422 goes."""
     from fastapi.openapi.utils import get_openapi
 
     def build() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            schema = get_openapi(title=app.title, version=app.version,
+                                 routes=_deployment_routes(stack))
             for path in schema.get("paths", {}).values():
                 for operation in path.values():
                     operation.get("responses", {}).pop("422", None)
@@ -409,8 +422,12 @@ def _walk(routes: Iterable[Any]) -> Iterable[Any]:
 
 def served_routes(app: FastAPI) -> list[dict[str, Any]]:
     """This app's own /v1 routes as {route, method, api}."""
+    return served_routes_of(app.routes)
+
+
+def served_routes_of(routes: Iterable[Any]) -> list[dict[str, Any]]:
     out = []
-    for r in _walk(app.routes):
+    for r in _walk(routes):
         path = getattr(r, "path", None)
         methods = getattr(r, "methods", None)
         if not path or not methods or not path.startswith("/v1"):
@@ -429,15 +446,12 @@ def route_table(app: FastAPI) -> list[dict[str, Any]]:
     the table comes from every API the config enables, not only this app's own routes.
     """
     stack: Stack = app.state.stack
-    full = FastAPI()
-    _, routed = plan_services(served_apis(stack.config), stack.specs)
-    _include_routers(full, routed)
     # Llama Stack's provider_types: the configured providers of the route's API group
     # (none for the core groups, which have no providers).
     kinds: dict[str, list[str]] = {}
     for api, _, p in stack.config.all_providers():
         kinds.setdefault(api.value, []).append(p.provider_type)
-    rows = served_routes(full)
+    rows = served_routes_of(_deployment_routes(stack))
     for row in rows:
         row["provider_types"] = kinds.get(row["api"], [])
     return rows

@@ -210,6 +210,20 @@ async def test_one_api_group_only(tmp_path: Path, fake: FakeOpenAI) -> None:
     await app.state.stack.shutdown()
 
 
+async def test_one_api_group_documents_the_whole_deployment(tmp_path: Path,
+                                                            fake: FakeOpenAI) -> None:
+    # On Lambda one function answers /openapi.json for all of them: the document covers
+    # every API the config enables, built on the first request, with no service started.
+    app = create_app(_config(tmp_path, fake.base_url), apis=["models"], lifespan=False)
+    assert app.openapi_schema is None
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://t") as c:
+        paths = (await c.get("/openapi.json")).json()["paths"]
+    assert {"/v1/models", "/v1/chat/completions", "/v1/providers"} <= set(paths)
+    assert not app.state.stack._services
+    await app.state.stack.shutdown()
+
+
 async def test_provider_listing_is_cached_not_per_request(
     http: httpx.AsyncClient, fake: FakeOpenAI
 ) -> None:
