@@ -1,4 +1,6 @@
-"""What the web search providers share: config, one pooled HTTP client, the error boundary.
+"""What the web search providers share: config, one pooled HTTP client, the error boundary,
+and the provider shell (count clamp, result filtering); each API adds its request and its
+result mapping.
 
 Upstream failures become `fnstack.errors` types here, once, for every search API:
 
@@ -17,6 +19,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from fnstack.api.tool_runtime import MAX_SEARCH_RESULTS, WebSearchResult
 from fnstack.errors import (
     FnstackError,
     RateLimitError,
@@ -24,8 +27,9 @@ from fnstack.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
+from fnstack.spec import ProviderModel
 
-__all__ = ["SearchConfig", "SearchHttp"]
+__all__ = ["SearchConfig", "SearchHttp", "SearchProvider"]
 
 
 class SearchConfig(BaseModel):
@@ -96,6 +100,34 @@ class SearchHttp:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+class SearchProvider:
+    """A web search tool_runtime provider: subclasses send the query (``_search``) and map one
+    upstream result (``_result``); entries that are not objects with a string ``url`` are
+    dropped, and never more than the clamped count is returned."""
+
+    http: SearchHttp
+
+    async def list_models(self) -> list[ProviderModel]:
+        return []
+
+    async def web_search(self, query: str, max_results: int) -> list[WebSearchResult]:
+        count = max(1, min(max_results, MAX_SEARCH_RESULTS))
+        out = [self._result(r) for r in await self._search(query, count)
+               if isinstance(r, dict) and isinstance(r.get("url"), str)]
+        return out[:count]
+
+    async def _search(self, query: str, count: int) -> list[Any]:
+        """The upstream's result list for ``query`` (``count`` results asked for)."""
+        raise NotImplementedError
+
+    def _result(self, r: dict[str, Any]) -> WebSearchResult:
+        """One upstream result, known to be an object with a string ``url``."""
+        raise NotImplementedError
+
+    async def shutdown(self) -> None:
+        await self.http.close()
 
 
 def _detail(response: httpx.Response) -> str:

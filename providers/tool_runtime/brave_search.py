@@ -24,10 +24,10 @@ from typing import Any
 
 from pydantic import Field
 
-from fnstack.api.tool_runtime import MAX_SEARCH_RESULTS, WebSearchResult
+from fnstack.api.tool_runtime import WebSearchResult
 from fnstack.errors import UpstreamError
-from fnstack.spec import Api, ProviderContext, ProviderModel, ProviderSpec
-from providers.tool_runtime._search import SearchConfig, SearchHttp
+from fnstack.spec import Api, ProviderContext, ProviderSpec
+from providers.tool_runtime._search import SearchConfig, SearchHttp, SearchProvider
 
 __all__ = ["BraveSearchConfig", "BraveSearchProvider", "spec"]
 
@@ -43,16 +43,12 @@ def _text(value: Any) -> str:
     return html.unescape(_TAG.sub("", value)) if isinstance(value, str) else ""
 
 
-class BraveSearchProvider:
+class BraveSearchProvider(SearchProvider):
     def __init__(self, config: BraveSearchConfig) -> None:
         self.http = SearchHttp("Brave Search", config,
                                {"X-Subscription-Token": config.api_key})
 
-    async def list_models(self) -> list[ProviderModel]:
-        return []
-
-    async def web_search(self, query: str, max_results: int) -> list[WebSearchResult]:
-        count = max(1, min(max_results, MAX_SEARCH_RESULTS))
+    async def _search(self, query: str, count: int) -> list[Any]:
         body = await self.http.request("GET", "/res/v1/web/search",
                                        params={"q": query, "count": count})
         web = body.get("web") if isinstance(body, dict) else None
@@ -60,18 +56,13 @@ class BraveSearchProvider:
         raw = web.get("results", []) if isinstance(web, dict) else []
         if not isinstance(raw, list):
             raise UpstreamError("Brave Search answered web.results that is not a list")
-        out: list[WebSearchResult] = []
-        for r in raw:
-            if not isinstance(r, dict) or not isinstance(r.get("url"), str):
-                continue
-            snippets = [_text(s) for s in r.get("extra_snippets") or [] if isinstance(s, str)]
-            content = "\n".join([_text(r.get("description")), *snippets]).strip()
-            out.append(WebSearchResult(title=_text(r.get("title")) or r["url"], url=r["url"],
-                                       content=content))
-        return out[:count]
+        return raw
 
-    async def shutdown(self) -> None:
-        await self.http.close()
+    def _result(self, r: dict[str, Any]) -> WebSearchResult:
+        snippets = [_text(s) for s in r.get("extra_snippets") or [] if isinstance(s, str)]
+        content = "\n".join([_text(r.get("description")), *snippets]).strip()
+        return WebSearchResult(title=_text(r.get("title")) or r["url"], url=r["url"],
+                               content=content)
 
 
 async def _create(config: BraveSearchConfig, context: ProviderContext) -> BraveSearchProvider:

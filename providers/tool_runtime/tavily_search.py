@@ -18,14 +18,14 @@ Example run config::
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
-from fnstack.api.tool_runtime import MAX_SEARCH_RESULTS, WebSearchResult
+from fnstack.api.tool_runtime import WebSearchResult
 from fnstack.errors import UpstreamError
-from fnstack.spec import Api, ProviderContext, ProviderModel, ProviderSpec
-from providers.tool_runtime._search import SearchConfig, SearchHttp
+from fnstack.spec import Api, ProviderContext, ProviderSpec
+from providers.tool_runtime._search import SearchConfig, SearchHttp, SearchProvider
 
 __all__ = ["TavilySearchConfig", "TavilySearchProvider", "spec"]
 
@@ -37,16 +37,12 @@ class TavilySearchConfig(SearchConfig):
     search_depth: Literal["basic", "advanced"] = "basic"
 
 
-class TavilySearchProvider:
+class TavilySearchProvider(SearchProvider):
     def __init__(self, config: TavilySearchConfig) -> None:
         self.config = config
         self.http = SearchHttp("Tavily", config, {"Authorization": f"Bearer {config.api_key}"})
 
-    async def list_models(self) -> list[ProviderModel]:
-        return []
-
-    async def web_search(self, query: str, max_results: int) -> list[WebSearchResult]:
-        count = max(1, min(max_results, MAX_SEARCH_RESULTS))
+    async def _search(self, query: str, count: int) -> list[Any]:
         body = await self.http.request("POST", "/search", json={
             "query": query,
             "max_results": count,
@@ -58,20 +54,15 @@ class TavilySearchProvider:
         raw = body.get("results") if isinstance(body, dict) else None
         if not isinstance(raw, list):
             raise UpstreamError("Tavily answered without a results list")
-        out: list[WebSearchResult] = []
-        for r in raw:
-            if not isinstance(r, dict) or not isinstance(r.get("url"), str):
-                continue
-            score = r.get("score")
-            out.append(WebSearchResult(
-                title=str(r.get("title") or r["url"]), url=r["url"],
-                content=str(r.get("content") or ""),
-                score=float(score) if isinstance(score, int | float) else None,
-            ))
-        return out[:count]
+        return raw
 
-    async def shutdown(self) -> None:
-        await self.http.close()
+    def _result(self, r: dict[str, Any]) -> WebSearchResult:
+        score = r.get("score")
+        return WebSearchResult(
+            title=str(r.get("title") or r["url"]), url=r["url"],
+            content=str(r.get("content") or ""),
+            score=float(score) if isinstance(score, int | float) else None,
+        )
 
 
 async def _create(config: TavilySearchConfig, context: ProviderContext) -> TavilySearchProvider:
