@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from fnstack.api.conversations import ITEM_ID_PREFIXES
 from fnstack.api.responses import (
     FunctionCallItem,
     FunctionCallOutputItem,
@@ -28,19 +29,7 @@ from fnstack.errors import InvalidRequestError, NotFoundError
 from fnstack.records import check_storable, new_id
 from fnstack.services.responses_tools import builtin_tools
 
-__all__ = ["ID_PREFIXES", "item_id", "to_messages", "validate_input"]
-
-ID_PREFIXES = {
-    "message": "msg_",
-    "function_call": "fc_",
-    "function_call_output": "fco_",
-    "file_search_call": "fs_",
-    "web_search_call": "ws_",
-    "mcp_call": "mcp_",
-    "mcp_list_tools": "mcpl_",
-    "mcp_approval_request": "mcpr_",
-    "mcp_approval_response": "mcpa_",
-}
+__all__ = ["item_id", "to_messages", "validate_input"]
 
 _MODELS: dict[str, type[BaseModel]] = {
     "message": InputMessage,
@@ -54,7 +43,9 @@ FileReader = Callable[[str], Awaitable[tuple[str, str]]]
 
 
 def item_id(kind: str) -> str:
-    return new_id(ID_PREFIXES.get(kind, "item_"))
+    # One prefix table for the Responses and the Conversations APIs: an item type gets the
+    # same id prefix whichever of them makes the item.
+    return new_id(ITEM_ID_PREFIXES.get(kind, "item_"))
 
 
 def _error_text(exc: ValidationError) -> str:
