@@ -3,6 +3,7 @@ speaking both real wire formats (tests/support/fake_search.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -31,27 +32,30 @@ def fake() -> Iterator[FakeSearch]:
         yield server
 
 
-async def _provider(kind: str, base_url: str, **config: Any) -> Any:
+@contextlib.asynccontextmanager
+async def _provider(kind: str, base_url: str, **config: Any) -> AsyncIterator[Any]:
+    """The provider ``kind`` on ``base_url`` (``config`` overrides the key and the rest),
+    shut down on the way out."""
     spec = load_spec(kind)
     cfg = spec.config_class.model_validate({"api_key": KEYS[kind], "base_url": base_url,
                                             **config})
-    return await spec.factory(cfg, ProviderContext(provider_id=kind, cache_dir=Path("/tmp")))
+    p = await spec.factory(cfg, ProviderContext(provider_id=kind, cache_dir=Path("/tmp")))
+    try:
+        yield p
+    finally:
+        await p.shutdown()
 
 
 @pytest.fixture(params=sorted(KEYS))
 async def provider(request: pytest.FixtureRequest, fake: FakeSearch) -> AsyncIterator[Any]:
-    p = await _provider(request.param, fake.base_url, timeout=2)
-    yield p
-    await p.shutdown()
+    async with _provider(request.param, fake.base_url, timeout=2) as p:
+        yield p
 
 
 async def test_brave_wire_format(fake: FakeSearch) -> None:
-    p = await _provider("remote::brave-search", fake.base_url + "/")
-    try:
+    async with _provider("remote::brave-search", fake.base_url + "/") as p:
         fake.requests.clear()
         results = await p.web_search("weather in Lyon", 3)
-    finally:
-        await p.shutdown()
     seen = fake.requests[-1]
     assert (seen.method, seen.path) == ("GET", "/res/v1/web/search")
     assert seen.query == {"q": ["weather in Lyon"], "count": ["3"]}
@@ -68,12 +72,9 @@ async def test_brave_wire_format(fake: FakeSearch) -> None:
 
 
 async def test_tavily_wire_format(fake: FakeSearch) -> None:
-    p = await _provider("remote::tavily-search", fake.base_url)
-    try:
+    async with _provider("remote::tavily-search", fake.base_url) as p:
         fake.requests.clear()
         results = await p.web_search("weather in Lyon", 2)
-    finally:
-        await p.shutdown()
     seen = fake.requests[-1]
     assert (seen.method, seen.path) == ("POST", "/search")
     assert seen.headers["authorization"] == f"Bearer {TAVILY_KEY}"
@@ -129,14 +130,9 @@ async def test_not_json(provider: Any) -> None:
 
 @pytest.mark.parametrize("kind", sorted(KEYS))
 async def test_wrong_key_is_an_operator_problem(kind: str, fake: FakeSearch) -> None:
-    spec = load_spec(kind)
-    cfg = spec.config_class.model_validate({"api_key": "wrong", "base_url": fake.base_url})
-    p = await spec.factory(cfg, ProviderContext(provider_id="x", cache_dir=Path("/tmp")))
-    try:
+    async with _provider(kind, fake.base_url, api_key="wrong") as p:
         with pytest.raises(ServiceUnavailableError) as info:
             await p.web_search("Lyon", 5)
-    finally:
-        await p.shutdown()
     assert info.value.status == 503
     assert "api_key" in info.value.message
     assert "wrong" not in info.value.message  # never echo a key
@@ -145,12 +141,9 @@ async def test_wrong_key_is_an_operator_problem(kind: str, fake: FakeSearch) -> 
 async def test_unreachable() -> None:
     from tests.support.fake_openai import free_port
 
-    p = await _provider("remote::tavily-search", f"http://127.0.0.1:{free_port()}")
-    try:
+    async with _provider("remote::tavily-search", f"http://127.0.0.1:{free_port()}") as p:
         with pytest.raises(UpstreamError, match="cannot reach Tavily"):
             await p.web_search("Lyon", 5)
-    finally:
-        await p.shutdown()
 
 
 def test_config_checks_base_url() -> None:
@@ -165,8 +158,7 @@ def test_config_checks_base_url() -> None:
 
 async def test_service(fake: FakeSearch) -> None:
     user = Owner()
-    p = await _provider("remote::tavily-search", fake.base_url)
-    try:
+    async with _provider("remote::tavily-search", fake.base_url) as p:
         service = ToolRuntimeService({"tavily": p})
         results = await service.web_search("Saone river", 1, user)
         assert [r.url for r in results] == ["https://en.wikipedia.org/wiki/Saone"]
@@ -176,8 +168,6 @@ async def test_service(fake: FakeSearch) -> None:
         with pytest.raises(InvalidRequestError) as info:
             await service.web_search("Lyon", 0, user)
         assert info.value.param == "max_results"
-    finally:
-        await p.shutdown()
     with pytest.raises(InvalidRequestError, match="tool_runtime provider"):
         await ToolRuntimeService({}).web_search("Lyon", 5, user)
 
