@@ -86,7 +86,8 @@ _NO_ROUTE = (403, "Missing Authentication Token", "MissingAuthenticationTokenExc
 _TIMEOUT = (504, "Endpoint request timed out", "IntegrationTimeoutException",
             "INTEGRATION_TIMEOUT")
 _FAILED = (502, "Internal server error", "InternalServerErrorException", "DEFAULT_5XX")
-_CONTEXT_VAR = re.compile(r"\$!?\{?context\.([A-Za-z][A-Za-z0-9_.]*[A-Za-z0-9_])\}?")
+_NAME = r"context\.([A-Za-z][A-Za-z0-9_.]*[A-Za-z0-9_])"
+_CONTEXT_VAR = re.compile(rf"\$!?(?:\{{{_NAME}\}}|{_NAME})")  # $context.x, ${context.x}
 
 
 def _apigw_error(error: tuple[int, str, str, str], responses: Mapping[str, Any] | None = None,
@@ -112,7 +113,8 @@ def _apigw_error(error: tuple[int, str, str, str], responses: Mapping[str, Any] 
     if isinstance(template, str):
         values = {"error.messageString": json.dumps(message), "error.message": message,
                   "error.responseType": response_type, **(context or {})}
-        body = _CONTEXT_VAR.sub(lambda m: values.get(m.group(1), m.group(0)), template)
+        body = _CONTEXT_VAR.sub(
+            lambda m: values.get(m.group(1) or m.group(2), m.group(0)), template)
     return Reply(status, headers, body.encode())
 
 

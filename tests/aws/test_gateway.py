@@ -141,6 +141,49 @@ async def test_integration_timeout(echo: httpx.AsyncClient) -> None:
         await asyncio.sleep(1)  # the invocation goes on: it holds the only instance
 
 
+async def test_gateway_responses(tmp_path: Path) -> None:
+    # The API's GatewayResponses shape its own errors: status, headers, the JSON template;
+    # a type not listed falls back to DEFAULT_4XX / DEFAULT_5XX.
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "echo.py").write_text(ECHO_MODULE)
+    responses = """
+      GatewayResponses:
+        MISSING_AUTHENTICATION_TOKEN:
+          StatusCode: "404"
+          ResponseParameters: {Headers: {X-Why: "'no route'"}}
+          ResponseTemplates:
+            application/json: '{"error": {"message": "Invalid URL ($context.httpMethod $context.path)", "type": $context.error.messageString}}'
+        DEFAULT_5XX:
+          ResponseTemplates:
+            application/json: '{"error": {"message": $context.error.messageString, "kind": "$context.error.responseType"}}'
+"""
+    text = ECHO_TEMPLATE.replace(
+        'Properties: {StageName: test, BinaryMediaTypes: ["application/octet-stream"]}',
+        'Properties:\n      StageName: test\n      BinaryMediaTypes: ["application/octet-stream"]'
+        + responses.rstrip())
+    (tmp_path / "template.yaml").write_text(text)
+    from fnstack_dev.template import Resolver
+
+    template = load_template(tmp_path / "template.yaml")
+    env = template.environment("Echo", Resolver(template))
+    app = Gateway(template, {"Echo": LocalFunction(template.function("Echo"), env)})
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://gw") as gw:
+        r = await gw.get("/test/v1/nothing")
+        assert r.status_code == 404 and r.headers["x-why"] == "no route"
+        assert r.json() == {"error": {"message": "Invalid URL (GET /test/v1/nothing)",
+                                      "type": "Missing Authentication Token"}}
+        r = await gw.get("/v1/slow")
+        assert r.status_code == 504  # INTEGRATION_TIMEOUT, via DEFAULT_5XX
+        assert r.json() == {"error": {"message": "Endpoint request timed out",
+                                      "kind": "INTEGRATION_TIMEOUT"}}
+        r = await gw.post("/v1/bin", content=b"x" * (6 * 1024 * 1024 + 1),
+                          headers={"content-type": "application/octet-stream"})
+        assert r.status_code == 413 and r.json() == {"message": "Request Too Long"}
+        await asyncio.sleep(1)  # the slow invocation goes on
+    app.close()
+
+
 async def test_invoke_api(echo: httpx.AsyncClient) -> None:
     r = await echo.post("/2015-03-31/functions/Nope/invocations", content=b"{}")
     assert r.status_code == 404
@@ -170,6 +213,16 @@ def test_real_template_routes(gateway: tuple[str, Path]) -> None:
         assert r.status_code == 404
         assert set(r.json()) == {"error"}
         assert r.json()["error"]["code"] == "not_found"
+        # API Gateway's own errors, in OpenAI's shape by the template's GatewayResponses.
+        r = http.post("/chat/completions", content=b"x" * (10 * 1024 * 1024 + 1),
+                      headers={"content-type": "application/json"})
+        assert r.status_code == 413
+        assert r.json() == {"error": {"message": "Request Too Long",
+                                      "type": "invalid_request_error", "param": None,
+                                      "code": "payload_too_large"}}
+    r = httpx.get(base_url.removesuffix("/v1") + "/", timeout=30)  # no resource: not /{proxy+}
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    assert r.json()["error"]["message"].startswith("Invalid URL (GET /")
 
 
 def test_real_template_dispatches_events_to_the_worker(gateway: tuple[str, Path]) -> None:
