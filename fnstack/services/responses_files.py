@@ -33,7 +33,14 @@ from pydantic import ValidationError
 from fnstack.api.vector_stores import RankingOptions, SearchRequest
 from fnstack.errors import InvalidRequestError, NotFoundError, ServiceUnavailableError
 from fnstack.services.responses_items import item_id
-from fnstack.services.responses_tools import ModelCall, ToolResult, ToolRun
+from fnstack.services.responses_tools import (
+    ModelCall,
+    ToolResult,
+    ToolRun,
+    finish_search,
+    function_tool,
+    start_search,
+)
 from fnstack.storage import Owner
 
 __all__ = ["TOOLS", "FileSearch"]
@@ -143,8 +150,7 @@ class _FileSearchSet:
         self.mine: set[str] = set()  # this run's file_search_call items: cited
 
     def functions(self) -> list[dict[str, Any]]:
-        return [{"type": "function", "function": {"name": NAME, "description": DESCRIPTION,
-                                                  "parameters": PARAMETERS}}]
+        return [function_tool(NAME, DESCRIPTION, PARAMETERS)]
 
     def handles(self, name: str) -> bool:
         return name == NAME
@@ -158,11 +164,7 @@ class _FileSearchSet:
         self.mine.add(fs_id)
         item: dict[str, Any] = {"type": "file_search_call", "id": fs_id,
                                 "status": "in_progress", "queries": queries, "results": None}
-        index = await run.add_item(item)
-        await run.emit("response.file_search_call.in_progress", output_index=index,
-                       item_id=fs_id)
-        await run.emit("response.file_search_call.searching", output_index=index,
-                       item_id=fs_id)
+        index = await start_search(run, item)
         stores = run.service("vector_stores")
         if stores is None:
             raise ServiceUnavailableError("file_search: the vector stores API is not served")
@@ -183,10 +185,7 @@ class _FileSearchSet:
                                 for r in page.data]
             results.sort(key=lambda r: -float(r["score"]))
             results = results[:max(d.get("max_num_results") or 10 for d in self.definitions)]
-        await run.emit("response.file_search_call.completed", output_index=index,
-                       item_id=fs_id)
-        await run.done_item(index, {**item, "status": status, "results": results})
-        return ToolResult()
+        return await finish_search(run, index, {**item, "status": status, "results": results})
 
     def annotations(self, text: str, run: ToolRun) -> list[dict[str, Any]]:
         if not text:

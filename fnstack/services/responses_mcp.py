@@ -51,7 +51,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from fnstack.errors import InvalidRequestError
 from fnstack.services.responses_items import item_id
-from fnstack.services.responses_tools import ModelCall, ToolResult, ToolRun
+from fnstack.services.responses_tools import ModelCall, ToolResult, ToolRun, function_tool
 
 __all__ = ["TOOLS", "McpTool", "function_name", "mcp_settings"]
 
@@ -338,8 +338,7 @@ class _McpSet:
             if d.server_description:
                 description += f" (MCP server {d.server_label}: {d.server_description})"
             schema = t.get("input_schema") or {"type": "object", "properties": {}}
-            out.append({"type": "function", "function": {
-                "name": name, "description": description, "parameters": schema}})
+            out.append(function_tool(name, description, schema))
         return out
 
     def handles(self, name: str) -> bool:

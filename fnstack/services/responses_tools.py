@@ -80,6 +80,9 @@ __all__ = [
     "ToolRun",
     "ToolSet",
     "builtin_tools",
+    "finish_search",
+    "function_tool",
+    "start_search",
 ]
 
 # The modules whose ``TOOLS`` make up the registry. A listed module that is not
@@ -160,6 +163,30 @@ class ToolSet(Protocol):
     def choice(self, tool_choice: dict[str, Any]) -> str | None: ...
 
     async def call(self, call: ModelCall, run: ToolRun) -> ToolResult: ...
+
+
+def function_tool(name: str, description: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    """One chat ``tools`` entry: the function the model calls for a built-in tool."""
+    return {"type": "function", "function": {"name": name, "description": description,
+                                             "parameters": parameters}}
+
+
+async def start_search(run: ToolRun, item: dict[str, Any]) -> int:
+    """Add a search call's item (``file_search_call``, ``web_search_call``) and announce it
+    as OpenAI does, ``response.<type>.in_progress`` then ``.searching``; its output index."""
+    index = await run.add_item(item)
+    for stage in ("in_progress", "searching"):
+        await run.emit(f"response.{item['type']}.{stage}", output_index=index,
+                       item_id=item["id"])
+    return index
+
+
+async def finish_search(run: ToolRun, index: int, item: dict[str, Any]) -> ToolResult:
+    """Announce ``response.<type>.completed`` and store the item in its final state."""
+    await run.emit(f"response.{item['type']}.completed", output_index=index,
+                   item_id=item["id"])
+    await run.done_item(index, item)
+    return ToolResult()
 
 
 class BuiltinTool(Protocol):

@@ -36,7 +36,14 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from fnstack.errors import FnstackError, InvalidRequestError
 from fnstack.services.responses_items import item_id
-from fnstack.services.responses_tools import ModelCall, ToolResult, ToolRun
+from fnstack.services.responses_tools import (
+    ModelCall,
+    ToolResult,
+    ToolRun,
+    finish_search,
+    function_tool,
+    start_search,
+)
 from fnstack.storage import Owner
 
 __all__ = ["TOOLS", "WebSearch"]
@@ -169,8 +176,7 @@ class _WebSet:
         self.domains = domains
 
     def functions(self) -> list[dict[str, Any]]:
-        return [{"type": "function", "function": {"name": NAME, "description": DESCRIPTION,
-                                                  "parameters": PARAMETERS}}]
+        return [function_tool(NAME, DESCRIPTION, PARAMETERS)]
 
     def handles(self, name: str) -> bool:
         return name == NAME
@@ -183,10 +189,7 @@ class _WebSet:
         ws_id = item_id("web_search_call")
         item: dict[str, Any] = {"type": "web_search_call", "id": ws_id, "status": "in_progress",
                                 "action": {"type": "search", "query": query}}
-        index = await run.add_item(item)
-        ids = {"output_index": index, "item_id": ws_id}
-        await run.emit("response.web_search_call.in_progress", **ids)
-        await run.emit("response.web_search_call.searching", **ids)
+        index = await start_search(run, item)
         runtime = run.service("tool_runtime")
         final: dict[str, Any]
         try:
@@ -208,9 +211,7 @@ class _WebSet:
                      "action": {"type": "search", "query": query,
                                 "sources": [{"type": "url", "url": r["url"]} for r in results]},
                      "results": results}
-        await run.emit("response.web_search_call.completed", **ids)
-        await run.done_item(index, final)
-        return ToolResult()
+        return await finish_search(run, index, final)
 
     def annotations(self, text: str, run: ToolRun) -> list[dict[str, Any]]:
         """A url_citation wherever the text holds the URL of a result the model was given."""
