@@ -48,6 +48,21 @@ def _error(r: httpx.Response, status: int, param: str | None = None) -> dict[str
     return dict(err)
 
 
+def _leave_after_first_delta(http: httpx.Client, body: dict[str, Any]) -> str:
+    """Stream ``body``, hang up after the first text delta; the response's id."""
+    rid = None
+    with http.stream("POST", "/v1/responses", json={**body, "stream": True}) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                event = json.loads(line[6:])
+                rid = rid or event.get("response", {}).get("id")
+                if event["type"] == "response.output_text.delta":
+                    break
+    assert rid is not None
+    return str(rid)
+
+
 def _settled(http: httpx.Client, rid: str, timeout: float = 60) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
@@ -189,18 +204,8 @@ def test_tool_choice_naming_a_tool_not_in_tools_is_a_400(
 def test_a_stream_the_client_leaves_never_stays_in_progress(api: LiveApi,
                                                            http: httpx.Client) -> None:
     # Deltas a second apart; the client reads the first and hangs up.
-    rid = None
-    with http.stream("POST", "/v1/responses", json={
-            "model": SCRIPTED, "stream": True,
-            "input": "one two three four five six seven eight SLOW 1"}) as r:
-        assert r.status_code == 200
-        for line in r.iter_lines():
-            if line.startswith("data: "):
-                event = json.loads(line[6:])
-                rid = rid or event.get("response", {}).get("id")
-                if event["type"] == "response.output_text.delta":
-                    break
-    assert rid is not None
+    rid = _leave_after_first_delta(http, {
+        "model": SCRIPTED, "input": "one two three four five six seven eight SLOW 1"})
     done = _settled(http, rid, timeout=30)
     assert done["status"] in TERMINAL
 
@@ -210,18 +215,9 @@ def test_the_bundled_model_stops_for_a_client_that_left(reference: str,
     # A long generation abandoned after its first delta: the engine stops (the stored
     # response settles within seconds, not after the whole budget) and serves the next.
     model = reference
-    rid = None
-    with http.stream("POST", "/v1/responses", json={
-            "model": model, "stream": True, "max_output_tokens": 1500, "temperature": 0,
-            "input": "Count from 1 to 2000, one number per line:"}) as r:
-        assert r.status_code == 200
-        for line in r.iter_lines():
-            if line.startswith("data: "):
-                event = json.loads(line[6:])
-                rid = rid or event.get("response", {}).get("id")
-                if event["type"] == "response.output_text.delta":
-                    break
-    assert rid is not None
+    rid = _leave_after_first_delta(http, {
+        "model": model, "max_output_tokens": 1500, "temperature": 0,
+        "input": "Count from 1 to 2000, one number per line:"})
     done = _settled(http, rid, timeout=20)
     assert done["status"] in TERMINAL
     started = time.monotonic()
