@@ -8,11 +8,8 @@ another principal's conversation (and its items) is a 404 for every operation.
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import openai
@@ -20,6 +17,7 @@ import pytest
 
 from tests.api.conftest import LiveApi
 from tests.api.test_tenancy import Tenant, _tenant
+from tests.support.lsc_client import run_lsc
 
 
 @pytest.fixture(scope="module")
@@ -304,12 +302,7 @@ print(json.dumps({"id": conv.id, "ids": ids, "got": got.id, "left": left,
 
 
 def test_llama_stack_client_conversations(api: LiveApi) -> None:
-    python = Path(__file__).resolve().parents[2] / ".venv-lsc" / "bin" / "python"
-    assert python.exists(), f"{python} is missing: run scripts/setup.sh --tests"
-    done = subprocess.run([str(python), "-c", LSC_SCRIPT, api.base_url.removesuffix("/v1"),
-                           api.key], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out = run_lsc("-c", LSC_SCRIPT, api.base_url.removesuffix("/v1"), api.key)
     assert out["id"].startswith("conv_") and len(out["ids"]) == 2
     assert out["got"] == out["ids"][0] and out["left"] == [out["ids"][1]]
     assert out["metadata"] == {"k": "w"} and out["deleted"] is True

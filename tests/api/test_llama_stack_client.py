@@ -10,7 +10,6 @@ prints a JSON report; here each call must have worked and returned populated fie
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +17,9 @@ import pytest
 
 from tests.api.conftest import LiveApi
 from tests.api.test_inference import models_of
+from tests.support.lsc_client import run_lsc
 
 ROOT = Path(__file__).resolve().parents[2]
-CLIENT_PYTHON = ROOT / ".venv-lsc" / "bin" / "python"
 SCRIPT = ROOT / "tests" / "support" / "lsc_report.py"
 
 _REPORTS: dict[str, dict[str, Any]] = {}
@@ -38,17 +37,10 @@ def llm_provider(api: LiveApi) -> str:
 
 def _report(api: LiveApi) -> dict[str, Any]:
     if api.base_url not in _REPORTS:
-        assert CLIENT_PYTHON.exists(), (
-            f"{CLIENT_PYTHON} is missing: run scripts/setup.sh --tests (it makes the "
-            "llama-stack-client virtualenv on Python 3.12)")
         models = models_of(api)
-        done = subprocess.run(
-            [str(CLIENT_PYTHON), str(SCRIPT), api.base_url.removesuffix("/v1"), api.key,
-             models[llm_provider(api)], models["onnx"], llm_provider(api)],
-            capture_output=True, text=True, timeout=600,
-        )
-        assert done.returncode == 0, done.stderr[-4000:]
-        _REPORTS[api.base_url] = json.loads(done.stdout.strip().splitlines()[-1])
+        _REPORTS[api.base_url] = run_lsc(
+            str(SCRIPT), api.base_url.removesuffix("/v1"), api.key, models[llm_provider(api)],
+            models["onnx"], llm_provider(api), timeout=600)
     return _REPORTS[api.base_url]
 
 

@@ -4,19 +4,17 @@ prompt is a 404)."""
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.api.conftest import LiveApi
 from tests.api.test_tenancy import Tenant, _tenant
+from tests.support.lsc_client import run_lsc
 
 PROMPT_ID = re.compile(r"pmpt_[0-9a-f]{48}")
 
@@ -215,12 +213,7 @@ print(json.dumps(out))
 
 
 def test_llama_stack_client_prompts(api: LiveApi) -> None:
-    python = Path(__file__).resolve().parents[2] / ".venv-lsc" / "bin" / "python"
-    assert python.exists(), f"{python} is missing: run scripts/setup.sh --tests"
-    done = subprocess.run([str(python), "-c", LSC_SCRIPT, api.base_url.removesuffix("/v1"),
-                           api.key], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out = run_lsc("-c", LSC_SCRIPT, api.base_url.removesuffix("/v1"), api.key)
     assert PROMPT_ID.fullmatch(out["created"]["prompt_id"])
     assert out["created"]["version"] == 1 and out["created"]["variables"] == ["name"]
     assert out["updated"]["version"] == 2 and out["updated"]["is_default"] is False

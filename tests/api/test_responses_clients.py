@@ -11,9 +11,6 @@ bundled ``reference`` model answers one plain call through each client.
 
 from __future__ import annotations
 
-import json
-import subprocess
-from pathlib import Path
 from typing import Any
 
 import openai
@@ -22,10 +19,8 @@ from pydantic import BaseModel
 
 from tests.api.conftest import LiveApi
 from tests.api.test_inference import models_of
+from tests.support.lsc_client import run_lsc
 from tests.support.scripted_llm import MODEL as SCRIPTED
-
-ROOT = Path(__file__).resolve().parents[2]
-LSC_PYTHON = ROOT / ".venv-lsc" / "bin" / "python"
 
 # Runs in .venv-lsc: argv = base_url, key, scripted model, reference model. Every call is
 # one check {"ok", "detail"}, as in tests/support/lsc_report.py.
@@ -137,14 +132,10 @@ _LSC: dict[str, dict[str, Any]] = {}
 @pytest.fixture
 def lsc(api: LiveApi) -> dict[str, Any]:
     if api.base_url not in _LSC:
-        assert LSC_PYTHON.exists(), f"{LSC_PYTHON} is missing: run scripts/setup.sh --tests"
-        done = subprocess.run(
-            [str(LSC_PYTHON), "-c", LSC_SCRIPT, api.base_url.removesuffix("/v1"), api.key,
-             SCRIPTED, models_of(api)["reference"],
-             (api.reference_url or api.base_url).removesuffix("/v1")],
-            capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-4000:]
-        _LSC[api.base_url] = json.loads(done.stdout.strip().splitlines()[-1])
+        _LSC[api.base_url] = run_lsc(
+            "-c", LSC_SCRIPT, api.base_url.removesuffix("/v1"), api.key, SCRIPTED,
+            models_of(api)["reference"], (api.reference_url or api.base_url).removesuffix("/v1"),
+            timeout=600)
     return _LSC[api.base_url]
 
 
