@@ -8,7 +8,6 @@ another principal's conversation (and its items) is a 404 for every operation.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -16,16 +15,13 @@ import openai
 import pytest
 
 from tests.api.conftest import LiveApi
-from tests.api.test_tenancy import Tenant, _tenant
+from tests.api.test_tenancy import Tenant, tenant_pair
 from tests.support.lsc_client import run_lsc
 
 
 @pytest.fixture(scope="module")
 def pair(api: LiveApi) -> Iterator[tuple[Tenant, Tenant]]:
-    with httpx.Client(base_url=api.base_url.removesuffix("/v1"), timeout=120,
-                      headers=api.headers) as admin:
-        yield (_tenant(api, admin, f"conv-a-{uuid.uuid4().hex[:4]}"),
-               _tenant(api, admin, f"conv-b-{uuid.uuid4().hex[:4]}"))
+    yield from tenant_pair(api, "conv")
 
 
 def test_create_retrieve_update_delete(api: LiveApi, client: openai.OpenAI) -> None:

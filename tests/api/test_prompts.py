@@ -5,7 +5,6 @@ prompt is a 404)."""
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,7 +12,7 @@ import httpx
 import pytest
 
 from tests.api.conftest import LiveApi
-from tests.api.test_tenancy import Tenant, _tenant
+from tests.api.test_tenancy import Tenant, tenant_pair
 from tests.support.lsc_client import run_lsc
 
 PROMPT_ID = re.compile(r"pmpt_[0-9a-f]{48}")
@@ -21,10 +20,7 @@ PROMPT_ID = re.compile(r"pmpt_[0-9a-f]{48}")
 
 @pytest.fixture(scope="module")
 def pair(api: LiveApi) -> Iterator[tuple[Tenant, Tenant]]:
-    with httpx.Client(base_url=api.base_url.removesuffix("/v1"), timeout=120,
-                      headers=api.headers) as admin:
-        yield (_tenant(api, admin, f"pmpt-a-{uuid.uuid4().hex[:4]}"),
-               _tenant(api, admin, f"pmpt-b-{uuid.uuid4().hex[:4]}"))
+    yield from tenant_pair(api, "pmpt")
 
 
 def _create(http: httpx.Client, text: str, variables: list[str]) -> dict:

@@ -49,6 +49,15 @@ def _tenant(api: LiveApi, admin: httpx.Client, name: str, **extra: Any) -> Tenan
     )
 
 
+def tenant_pair(api: LiveApi, prefix: str) -> Iterator[tuple[Tenant, Tenant]]:
+    """Two fresh principals, ``<prefix>-a-...`` and ``<prefix>-b-...``: for a module fixture
+    (``yield from``) of tests where one owns a thing and the other must not see it."""
+    with httpx.Client(base_url=api.base_url.removesuffix("/v1"), timeout=120,
+                      headers=api.headers) as admin:
+        yield (_tenant(api, admin, f"{prefix}-a-{uuid.uuid4().hex[:4]}"),
+               _tenant(api, admin, f"{prefix}-b-{uuid.uuid4().hex[:4]}"))
+
+
 @pytest.fixture(scope="module")
 def tenants(api: LiveApi) -> Iterator[dict[str, Tenant]]:
     with httpx.Client(base_url=api.base_url.removesuffix("/v1"), timeout=120,
