@@ -168,7 +168,12 @@ def _json_body(record: dict[str, Any]) -> Any:
 def batch_worker(config: RunConfig) -> LambdaHandler:
     """SQS messages (background jobs, `fnstack.jobs`) and inbox/ uploads (batches)."""
     from fnstack.errors import FnstackError
+    from fnstack.logs import configure_logging
 
+    # No app is built here (create_app configures logging for the API functions): without
+    # this the worker's lines would reach Lambda's root handler as bare text, losing
+    # their fields (message ids, job names, the request ids of the Lambda context).
+    configure_logging(config.logging.level)
     state: dict[str, Any] = {}
 
     def run(make: Callable[[Stack, Any], Coroutine[Any, Any, None]], arg: Any) -> None:

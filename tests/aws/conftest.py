@@ -17,6 +17,9 @@ version: 1
 distribution: aws-glue-test
 server:
   max_body_bytes: 6000000
+# Open on purpose: these tests are about the glue (a function refuses to start open
+# unless the config says so).
+auth: {type: none}
 storage:
   backends:
     kv_default:
