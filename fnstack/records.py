@@ -154,6 +154,28 @@ async def mutate(
     raise ConflictError(f"{key} kept changing under the worker; the job will be retried")
 
 
+async def claim(
+    store: KVStore, key: str, *, active: Callable[[dict[str, Any]], bool], lease_s: float,
+    reclaim: bool, name: str, work: str = "run",
+) -> KVRecord | None:
+    """Take the lease on a background job's record (one worker at a time) by conditional
+    write; the record as written, or None when it is gone or no longer ``active``.
+
+    ``reclaim`` takes it even while leased (this process knows the holder is gone)."""
+    rec = await store.get(key)
+    if rec is None or not active(rec.value):
+        return None
+    if not reclaim and float(rec.value.get("lease_until") or 0) > time.time():
+        # Another worker holds it: fail this delivery so it is retried after the
+        # lease (SQS visibility), unless that worker finishes first.
+        raise ServiceUnavailableError(f"{name} is being {work} by another worker")
+    value = {**rec.value, "lease_until": time.time() + lease_s}
+    try:
+        return await store.put(key, value, owner=rec.owner, if_version=rec.version)
+    except PreconditionFailedError:
+        raise ServiceUnavailableError(f"{name} was claimed concurrently") from None
+
+
 # --- group commit ----------------------------------------------------------------------
 
 

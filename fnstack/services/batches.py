@@ -53,11 +53,10 @@ from fnstack.errors import (
     FnstackError,
     InvalidRequestError,
     NotFoundError,
-    PreconditionFailedError,
     ServiceUnavailableError,
 )
 from fnstack.jobs import JobQueue, LocalJobQueue
-from fnstack.records import RecordStore, authorize, mutate
+from fnstack.records import RecordStore, authorize, claim, mutate
 from fnstack.services import Service, ServiceContext, ServiceSpec, StoreNeed
 from fnstack.services.files import FilesService
 from fnstack.services.inference import InferenceService
@@ -237,18 +236,8 @@ class BatchesService(Service):
         return await mutate(self.kv, f"batch:{batch_id}", change)
 
     async def claim(self, batch_id: str, *, reclaim: bool) -> KVRecord | None:
-        rec = await self.kv.get(f"batch:{batch_id}")
-        if rec is None or rec.value["status"] not in ACTIVE:
-            return None
-        if not reclaim and float(rec.value.get("lease_until") or 0) > time.time():
-            # Another worker holds it: fail this delivery so it is retried after the
-            # lease (SQS visibility), unless that worker finishes first.
-            raise ServiceUnavailableError(f"{batch_id} is being run by another worker")
-        value = {**rec.value, "lease_until": time.time() + LEASE_S}
-        try:
-            return await self.kv.put(rec.key, value, owner=rec.owner, if_version=rec.version)
-        except PreconditionFailedError:
-            raise ServiceUnavailableError(f"{batch_id} was claimed concurrently") from None
+        return await claim(self.kv, f"batch:{batch_id}", lease_s=LEASE_S, reclaim=reclaim,
+                           name=batch_id, active=lambda v: v["status"] in ACTIVE)
 
     # --- requests ---------------------------------------------------------------------------
 

@@ -57,12 +57,11 @@ from fnstack.errors import (
     FnstackError,
     InvalidRequestError,
     NotFoundError,
-    PreconditionFailedError,
     ServiceUnavailableError,
 )
 from fnstack.guardrails import FIELDS, requested
 from fnstack.jobs import JobQueue, LocalJobQueue
-from fnstack.records import RecordStore, authorize, check_storable, mutate
+from fnstack.records import RecordStore, authorize, check_storable, claim, mutate
 from fnstack.services import Service, ServiceContext, ServiceSpec, StoreNeed
 from fnstack.services.inference import InferenceService
 from fnstack.services.models import ModelsService
@@ -526,16 +525,8 @@ class ResponsesService(Service):
         await run_background(self, str(args["response_id"]), bool(args.get("reclaim")))
 
     async def claim(self, rid: str, reclaim: bool) -> KVRecord | None:
-        rec = await self.kv.get(f"resp:{rid}")
-        if rec is None or rec.value["response"]["status"] in TERMINAL:
-            return None
-        if not reclaim and float(rec.value.get("lease_until") or 0) > time.time():
-            raise ServiceUnavailableError(f"{rid} is being run by another worker")
-        value = {**rec.value, "lease_until": time.time() + LEASE_S}
-        try:
-            return await self.kv.put(rec.key, value, owner=rec.owner, if_version=rec.version)
-        except PreconditionFailedError:
-            raise ServiceUnavailableError(f"{rid} was claimed concurrently") from None
+        return await claim(self.kv, f"resp:{rid}", lease_s=LEASE_S, reclaim=reclaim, name=rid,
+                           active=lambda v: v["response"]["status"] not in TERMINAL)
 
 
 def _stopped(v: dict[str, Any]) -> dict[str, Any] | None:

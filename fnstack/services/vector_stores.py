@@ -60,7 +60,7 @@ from fnstack.errors import (
 )
 from fnstack.jobs import JobQueue, LocalJobQueue
 from fnstack.ranking import rank, rewrite
-from fnstack.records import RecordPage, RecordStore, authorize, mutate
+from fnstack.records import RecordPage, RecordStore, authorize, claim, mutate
 from fnstack.routing import RoutingEntry
 from fnstack.services import Service, ServiceContext, ServiceSpec, StoreNeed
 from fnstack.services.files import FilesService
@@ -647,19 +647,9 @@ class VectorStoresService(Service):
 
     async def _claim(self, vs_id: str, file_id: str, *, reclaim: bool = False
                      ) -> KVRecord | None:
-        key = f"vsf:{vs_id}:{file_id}"
-        rec = await self.kv.get(key)
-        if rec is None or rec.value["status"] != "in_progress":
-            return None
-        if not reclaim and float(rec.value.get("lease_until") or 0) > time.time():
-            # Another worker holds it: fail this delivery so it is retried after the
-            # lease (SQS visibility), unless that worker finishes first.
-            raise ServiceUnavailableError(f"{file_id} is being indexed by another worker")
-        value = {**rec.value, "lease_until": time.time() + LEASE_S}
-        try:
-            return await self.kv.put(key, value, owner=rec.owner, if_version=rec.version)
-        except PreconditionFailedError:
-            raise ServiceUnavailableError(f"{file_id} was claimed concurrently") from None
+        return await claim(self.kv, f"vsf:{vs_id}:{file_id}", lease_s=LEASE_S, reclaim=reclaim,
+                           name=file_id, work="indexed",
+                           active=lambda v: v["status"] == "in_progress")
 
     async def _checkpoint(self, vs_id: str, file_id: str, done: int) -> bool:
         return await self._mutate(vs_id, file_id, lambda v: {
